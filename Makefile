@@ -1,0 +1,50 @@
+# Developer / CI entry points. `make test` is what .ci/run executes.
+
+SHELL := /bin/bash
+
+PYTHON_BOOT ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PIP_TOOLS_VENV := $(VENV)-piptools
+PYTEST_ARGS ?=
+LOCK_ARGS   ?=
+
+.PHONY: venv run test lint bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+run: venv
+	$(PY) -m dynflow.demo
+
+test: venv
+	scripts/test-deps.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench examples
+
+bench: venv
+	$(PY) bench/engine.py
+
+# Regenerate the pinned lock file from pyproject.toml (runtime deps + `test` extra).
+# pip-tools lives in its own throwaway venv so it never touches the project venv.
+# Existing pins are kept where still allowed; `make lock LOCK_ARGS=--upgrade` bumps all.
+lock:
+	@test -x $(PIP_TOOLS_VENV)/bin/pip-compile || { \
+		$(PYTHON_BOOT) -m venv $(PIP_TOOLS_VENV) && \
+		$(PIP_TOOLS_VENV)/bin/pip install --quiet --upgrade pip pip-tools; }
+	$(PIP_TOOLS_VENV)/bin/pip-compile --quiet $(LOCK_ARGS) --no-emit-index-url --no-emit-find-links \
+		--extra test --strip-extras -o requirements.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) $(PIP_TOOLS_VENV) build dist .pytest_cache .ruff_cache
+	find src tests bench examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+	find src -maxdepth 1 -name '*.egg-info' -type d -exec rm -rf {} + 2>/dev/null || true

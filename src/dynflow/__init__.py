@@ -1,0 +1,36 @@
+"""Dynflow for Python: durable workflow engine (actions, flows, execution plans, executor)."""
+
+from .action import ABORT, CANCEL, POLL, SKIP, TIMEOUT, Action, OutputReference, SuspendedHandle
+from .errors import (
+    DynflowError,
+    EventRejected,
+    ExecutionRejected,
+    IllegalTransition,
+    NotSerializable,
+    PlanNotFound,
+    UnknownActionClass,
+)
+from .execution_plan import ExecutionPlan
+
+__all__ = [
+    "ABORT",
+    "CANCEL",
+    "POLL",
+    "SKIP",
+    "TIMEOUT",
+    "Action",
+    "DynflowError",
+    "EventRejected",
+    "ExecutionPlan",
+    "ExecutionRejected",
+    "IllegalTransition",
+    "NotSerializable",
+    "OutputReference",
+    "PlanNotFound",
+    "SuspendedHandle",
+    "UnknownActionClass",
+]
+
+from .world import PlanningFailed, Triggered, World, WorldConfig  # noqa: E402
+
+__all__ += ["PlanningFailed", "Triggered", "World", "WorldConfig"]

@@ -1,0 +1,59 @@
+"""The execution-plan cleaner: deletes old finished plans, and old paused ones too (§4.4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from .serialization import utcnow
+
+if TYPE_CHECKING:
+    from .world import World
+
+log = logging.getLogger("dynflow.cleaner")
+CLEANER_LOCK = "ExecutionPlanCleanerLock"
+
+
+class Cleaner:
+    """Deletes stopped plans older than ``stopped_max_age`` and paused ones older than
+    ``paused_max_age`` (the original never removed those). One world of a cluster cleans at a
+    time, holding the ``execution-plan-cleaner`` lock."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    async def clean(self) -> int:
+        store = self.world.store
+        config = self.world.config
+        now = utcnow()
+        deleted = 0
+        if not await store.acquire_lock(
+            CLEANER_LOCK, "execution-plan-cleaner", self.world.id, {"world_id": self.world.id}
+        ):
+            return 0
+        try:
+            for states, age in (
+                (["stopped"], config.stopped_max_age),
+                (["paused"], config.paused_max_age),
+            ):
+                while True:
+                    ids = await store.find_old_plans(states, now - timedelta(seconds=age))
+                    ids = [i for i in ids if not self.world.is_running(i)]
+                    if not ids:
+                        break
+                    deleted += await store.delete_plans(ids)
+        finally:
+            await store.release_lock(CLEANER_LOCK, "execution-plan-cleaner", self.world.id)
+        if deleted:
+            log.info("cleaner deleted %d execution plans", deleted)
+        return deleted
+
+    async def loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.clean()
+            except Exception:  # noqa: BLE001
+                log.exception("execution plan cleaner failed")
+            await asyncio.sleep(interval)

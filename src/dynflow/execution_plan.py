@@ -1,0 +1,340 @@
+"""Execution plans: the persisted graph of steps produced by planning one root action (§1.3, §2, §3.1)."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import flow as flows
+from .action import Action, encode_refs, referenced_steps
+from .errors import NotSerializable
+from .serialization import dumps, format_time, utcnow
+from .states import check_plan_transition, derive_result
+from .step import FinalizeStep, PlanStep, RunStep, Step, error_hash
+
+if TYPE_CHECKING:
+    from .world import World
+
+HISTORY_NAMES = {
+    "running": "start execution",
+    "paused": "pause execution",
+    "stopped": "finish execution",
+    "scheduled": "delay",
+}
+
+
+class _ChildPlanningFailed(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message"))
+        self.error = error
+
+
+class ExecutionPlan:
+    wire_class = "Dynflow::ExecutionPlan"
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        world: World | None = None,
+        state: str = "pending",
+        label: str | None = None,
+        result: str = "pending",
+        root_plan_step_id: int | None = None,
+        run_flow: flows.Flow | None = None,
+        finalize_flow: flows.Flow | None = None,
+        step_ids: list[int] | None = None,
+        started_at: datetime | None = None,
+        ended_at: datetime | None = None,
+        execution_time: float | None = None,
+        real_time: float = 0.0,
+        execution_history: list[dict[str, Any]] | None = None,
+        steps: dict[int, Step] | None = None,
+        actions: dict[int, Action] | None = None,
+    ) -> None:
+        self.id = id
+        self.world = world
+        self.state = state
+        self.label = label
+        self._result = result
+        self.root_plan_step_id = root_plan_step_id
+        self.run_flow: flows.Flow = run_flow if run_flow is not None else flows.Concurrence()
+        self.finalize_flow: flows.Flow = (
+            finalize_flow if finalize_flow is not None else flows.Sequence()
+        )
+        self.step_ids: list[int] = list(step_ids or [])
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.execution_time = execution_time
+        self.real_time = real_time
+        self.execution_history: list[dict[str, Any]] = list(execution_history or [])
+        self.steps: dict[int, Step] = steps if steps is not None else {}
+        self.actions: dict[int, Action] = actions if actions is not None else {}
+        # planning state
+        self._next_step_id = 1
+        self._next_action_id = 1
+        self._run_flow_stack: list[flows.Composed] = []
+        self._dependencies: dict[int, set[int]] = {}
+
+    @classmethod
+    def new(cls, world: World | None, id: str | None = None) -> ExecutionPlan:
+        return cls(id or str(uuidlib.uuid4()), world=world)
+
+    # ---- states ---------------------------------------------------------------------------
+    @property
+    def result(self) -> str:
+        if self.steps and len(self.steps) == len(self.step_ids):
+            return derive_result([s.state for s in self.steps.values()])
+        return self._result
+
+    @result.setter
+    def result(self, value: str) -> None:
+        self._result = value
+
+    def set_state(self, new: str, history: str | None = None, world_id: str | None = None) -> None:
+        """Move to ``new`` (checked), fill the timing fields and append the history entry."""
+        check_plan_transition(self.state, new)
+        self.state = new
+        now = utcnow()
+        if new == "planning":
+            self.started_at = now
+        elif new == "stopped":
+            self.ended_at = now
+            if self.started_at is not None:
+                self.real_time = (now - self.started_at).total_seconds()
+            self.execution_time = sum(s.execution_time or 0.0 for s in self.steps.values())
+        name = history or HISTORY_NAMES.get(new)
+        if name:
+            self.add_history(name, world_id)
+        self._result = self.result
+
+    def add_history(self, name: str, world_id: str | None = None) -> None:
+        if world_id is None and self.world is not None:
+            world_id = self.world.id
+        self.execution_history.append({"time": int(time.time()), "name": name, "world_id": world_id})
+
+    # ---- queries over the plan ---------------------------------------------------------------
+    def root_action(self) -> Action | None:
+        if self.root_plan_step_id is None:
+            return None
+        step = self.steps.get(self.root_plan_step_id)
+        return self.actions.get(step.action_id) if step else None
+
+    def planned_actions(self, action: Action) -> list[Action]:
+        step = self.steps.get(action.plan_step_id)
+        if step is None or not step.children:
+            return []
+        result = []
+        for child_step_id in step.children:
+            child = self.steps.get(child_step_id)
+            if child is not None and child.action_id in self.actions:
+                result.append(self.actions[child.action_id])
+        return result
+
+    def run_steps(self) -> list[Step]:
+        return [s for s in self.steps.values() if isinstance(s, RunStep)]
+
+    def finalize_steps(self) -> list[Step]:
+        return [s for s in self.steps.values() if isinstance(s, FinalizeStep)]
+
+    def failed_steps(self) -> list[Step]:
+        return [s for s in self.steps.values() if s.state == "error"]
+
+    def progress(self) -> float:
+        done = total = 0.0
+        for step_id in (*self.run_flow.step_ids(), *self.finalize_flow.step_ids()):
+            step = self.steps.get(step_id)
+            if step is None:
+                continue
+            total += step.progress_weight
+            done += step.progress_done * step.progress_weight
+        return 1.0 if total == 0 else done / total
+
+    def entry_action(self) -> Action | None:
+        return self.root_action()
+
+    def rescue_strategy(self) -> str:
+        root = self.root_action()
+        strategy = root.rescue_strategy() if root is not None else None
+        return strategy or "skip"
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_hash(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "class": self.wire_class,
+            "label": self.label,
+            "state": self.state,
+            "result": self.result,
+            "root_plan_step_id": self.root_plan_step_id,
+            "run_flow": self.run_flow.encode(),
+            "finalize_flow": self.finalize_flow.encode(),
+            "step_ids": list(self.step_ids),
+            "started_at": format_time(self.started_at),
+            "ended_at": format_time(self.ended_at),
+            "execution_time": self.execution_time,
+            "real_time": self.real_time,
+            "execution_history": list(self.execution_history),
+        }
+
+    def __repr__(self) -> str:
+        return f"<ExecutionPlan {self.id} {self.state}/{self.result}>"
+
+    # ---- planning (spec §1.3) -------------------------------------------------------------------
+    def plan(
+        self,
+        action_class: type[Action],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        caller_action: Action | None = None,
+    ) -> None:
+        """Plan ``action_class`` as the root action; ends ``planned`` or ``stopped`` (on error)."""
+        world_id = self.world.id if self.world is not None else None
+        self.set_state("planning", world_id=world_id)
+        root_flow = flows.Concurrence()
+        self._run_flow_stack = [root_flow]
+        action = self._add_plan_step(action_class, None, caller_action)
+        self.root_plan_step_id = action.plan_step_id
+        try:
+            self._execute_plan_step(action, args, kwargs or {})
+        except _ChildPlanningFailed:
+            pass
+        try:
+            self.label = action.label
+        except Exception:  # noqa: BLE001 - a broken label must not break planning
+            self.label = action.name()
+        self._run_flow_stack = []
+        root_flow.normalise()
+        self.run_flow = root_flow.children[0] if len(root_flow.children) == 1 else root_flow
+        for a in self.actions.values():
+            a.input = encode_refs(a.input)
+            a.phase = "run"
+        failed = any(s.state == "error" for s in self.steps.values())
+        self.set_state("stopped" if failed else "planned", world_id=world_id)
+
+    def _add_plan_step(
+        self, action_class: type[Action], caller: Action | None, external_caller: Action | None = None
+    ) -> Action:
+        step_id = self._take_step_id()
+        action_id = self._next_action_id
+        self._next_action_id += 1
+        step = PlanStep(self.id, step_id, action_id, action_class.name(), "pending", children=[])
+        self.steps[step_id] = step
+        action = action_class(
+            world=self.world,
+            execution_plan_id=self.id,
+            id=action_id,
+            plan_step_id=step_id,
+            caller_execution_plan_id=external_caller.execution_plan_id if external_caller else None,
+            caller_action_id=(
+                external_caller.id if external_caller else (caller.id if caller else None)
+            ),
+        )
+        action.execution_plan = self
+        action.triggering_action = caller
+        self.actions[action_id] = action
+        if caller is not None:
+            parent = self.steps[caller.plan_step_id]
+            assert parent.children is not None
+            parent.children.append(step_id)
+        return action
+
+    def _take_step_id(self) -> int:
+        step_id = self._next_step_id
+        self._next_step_id += 1
+        self.step_ids.append(step_id)
+        return step_id
+
+    def _execute_plan_step(self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        step = self.steps[action.plan_step_id]
+        step.set_state("running")
+        started = time.monotonic()
+        step.started_at = utcnow()
+        try:
+            with self._switch_flow("C"):
+                self._call_plan(action, args, kwargs)
+            try:
+                dumps(encode_refs(action.input))
+            except NotSerializable as exc:
+                action.input = {"not_serializable": True}
+                raise NotSerializable(f"input of {action.name()} is not serialisable: {exc}") from exc
+            step.set_state("success")
+        except _ChildPlanningFailed as exc:
+            step.error = exc.error
+            step.set_state("error")
+            raise
+        except Exception as exc:  # noqa: BLE001 - any planning error fails the plan, not the caller
+            step.error = error_hash(exc)
+            step.set_state("error")
+            if self.world is not None:
+                self.world.logger.warning("planning of %s failed: %s", action.name(), exc)
+            raise _ChildPlanningFailed(step.error) from None
+        finally:
+            step.ended_at = utcnow()
+            step.execution_time = time.monotonic() - started
+            step.real_time = step.execution_time
+
+    def _call_plan(self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        chain = self.world.middleware_for(type(action)) if self.world is not None else []
+        if not chain:
+            action.plan(*args, **kwargs)
+            return
+
+        def call(index: int, a: tuple[Any, ...], k: dict[str, Any]) -> None:
+            if index == len(chain):
+                action.plan(*a, **k)
+                return
+            chain[index].plan(action, lambda *a2, **k2: call(index + 1, a2, k2), *a, **k)
+
+        call(0, args, kwargs)
+
+    def _plan_child(
+        self, caller: Action, action_class: type[Action], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Action:
+        action = self._add_plan_step(action_class, caller)
+        self._execute_plan_step(action, args, kwargs)
+        return action
+
+    @contextmanager
+    def _switch_flow(self, kind: str) -> Iterator[None]:
+        new_flow: flows.Composed = flows.Sequence() if kind == "S" else flows.Concurrence()
+        self._run_flow_stack.append(new_flow)
+        try:
+            yield
+        finally:
+            self._run_flow_stack.pop()
+            if self._run_flow_stack:
+                self._run_flow_stack[-1].add_and_resolve(self._required, new_flow)
+
+    def _required(self, step_id: int) -> set[int]:
+        return self._dependencies.get(step_id, set())
+
+    def _add_run_and_finalize(self, action: Action) -> None:
+        queue = action.queue
+        if queue is None:
+            caller = action.triggering_action
+            while caller is not None and queue is None:
+                queue = caller.queue
+                caller = caller.triggering_action
+        queue = queue or "default"
+        if action.has_run():
+            step_id = self._take_step_id()
+            self.steps[step_id] = RunStep(
+                self.id, step_id, action.id, action.name(), "pending", queue=queue
+            )
+            action.run_step_id = step_id
+            self._dependencies[step_id] = set(referenced_steps(action.input))
+            self._run_flow_stack[-1].add_and_resolve(self._required, flows.Atom(step_id))
+        if action.has_finalize():
+            step_id = self._take_step_id()
+            self.steps[step_id] = FinalizeStep(
+                self.id, step_id, action.id, action.name(), "pending", queue=queue
+            )
+            action.finalize_step_id = step_id
+            assert isinstance(self.finalize_flow, flows.Sequence)
+            self.finalize_flow.append(flows.Atom(step_id))

@@ -1,0 +1,571 @@
+"""The executor: queues, and one ``PlanRun`` per running execution plan (spec §2.4, §5.1).
+
+A ``PlanRun`` walks the run flow with a cursor (a failed step stops only its own sequence),
+runs each ready step once (claimed with an optimistic state guard in the store), delivers
+events to suspended steps, then runs the finalize phase and ends the plan. Async ``run``
+methods run on the event loop; plain ones in the queue's bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid as uuidlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from . import flow as flows
+from .action import ABORT, CANCEL, Action, Suspend, dereference
+from .errors import EventRejected, NotSerializable
+from .execution_plan import ExecutionPlan
+from .middleware import finalize_chain, run_chain
+from .serialization import dumps, utcnow
+from .step import FinalizeStep, RunStep, Step, error_hash, plain_error
+
+if TYPE_CHECKING:
+    from .persistence.writer import Stmt
+    from .world import World
+
+log = logging.getLogger("dynflow.executor")
+
+EXECUTION_LOCK = "ExecutionLock"
+RUNNABLE_FROM = ("pending", "error", "skipping", "suspended")
+
+
+class Queue:
+    """A named queue: a bounded thread pool for plain ``def`` steps; async steps are not limited."""
+
+    def __init__(self, name: str, pool_size: int) -> None:
+        self.name = name
+        self.pool_size = pool_size
+        self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"dynflow-{name}")
+        self.busy_threads = 0
+        self.waiting = 0
+        self.async_running = 0
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        self.waiting += 1
+
+        def job() -> Any:
+            self.waiting -= 1
+            self.busy_threads += 1
+            try:
+                return fn(*args)
+            finally:
+                self.busy_threads -= 1
+
+        return await loop.run_in_executor(self.pool, job)
+
+    def status(self) -> dict[str, int]:
+        return {
+            "pool_size": self.pool_size,
+            "free_workers": self.pool_size - self.busy_threads,
+            "queue_size": self.waiting,
+            "async_running": self.async_running,
+        }
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+class _Pending:
+    """An event waiting for its step, and the future of whoever sent it."""
+
+    __slots__ = ("event", "future", "event_id")
+
+    def __init__(self, event: Any, future: asyncio.Future[None] | None, event_id: str | None):
+        self.event = event
+        self.future = future
+        self.event_id = event_id
+
+
+class PlanRun:
+    """Drives one execution plan from ``running`` to ``paused`` or ``stopped``."""
+
+    def __init__(self, executor: Executor, plan: ExecutionPlan) -> None:
+        self.executor = executor
+        self.world = executor.world
+        self.store = executor.world.store
+        self.plan = plan
+        self.future: asyncio.Future[ExecutionPlan] = asyncio.get_running_loop().create_future()
+        self.outcome: dict[int, str] = {}  # step id -> "done" | "failed" | "busy" | "suspended"
+        self.queued: dict[int, deque[_Pending]] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.rescued: set[int] = set()
+        self.phase = "run"
+        self.halting = False
+
+    # ---- the cursor -----------------------------------------------------------------------------
+    def start(self, planned_events: list[dict[str, Any]] | None = None) -> None:
+        for step in self.plan.steps.values():
+            if isinstance(step, RunStep) and step.state in ("success", "skipped"):
+                self.outcome[step.id] = "done"
+        for row in planned_events or []:
+            self._arm_timer(row["id"], row["step_id"], row["event"], row["deliver_at"], row["optional"])
+        self.advance()
+
+    def _status(self, node: flows.Flow, ready: list[int]) -> str:
+        """'done', 'blocked' (failed, nothing moving) or 'active'; collects ready step ids."""
+        if isinstance(node, flows.Atom):
+            outcome = self.outcome.get(node.step_id)
+            if outcome == "done":
+                return "done"
+            if outcome == "failed":
+                return "blocked"
+            if outcome is None:
+                ready.append(node.step_id)
+            return "active"
+        assert isinstance(node, flows.Composed)
+        if isinstance(node, flows.Sequence):
+            for child in node.children:
+                status = self._status(child, ready)
+                if status != "done":
+                    return status
+            return "done"
+        statuses = [self._status(child, ready) for child in node.children]
+        if any(s == "active" for s in statuses):
+            return "active"
+        return "blocked" if "blocked" in statuses else "done"
+
+    def advance(self) -> None:
+        if self.phase != "run" or self.halting:
+            return
+        ready: list[int] = []
+        status = self._status(self.plan.run_flow, ready)
+        for step_id in ready:
+            self.outcome[step_id] = "busy"
+            self.executor.spawn(self._execute_step(step_id, None, None, None), f"step {step_id}")
+        if status == "active":
+            return
+        self.phase = "ending"
+        self.executor.spawn(self._finish_run_phase(status == "blocked"), "run phase end")
+
+    # ---- running one step ------------------------------------------------------------------------
+    async def _execute_step(
+        self,
+        step_id: int,
+        event: Any,
+        future: asyncio.Future[None] | None,
+        event_id: str | None,
+    ) -> None:
+        step = self.plan.steps[step_id]
+        action = self.plan.actions[step.action_id]
+        extra: list[Stmt] = []
+        if event_id is not None:
+            extra.append(self.store.delete_event_stmt(event_id))
+        try:
+            if step.state == "skipping":
+                step.set_state("skipped")
+                step.progress_done = 1.0
+                step.progress_weight = step.progress_weight or 1.0
+                await self._save_step(step, action, extra, [])
+                self._step_done(step, future)
+                return
+            previous = step.state
+            step.set_state("running")
+            if step.started_at is None:
+                step.started_at = utcnow()
+            claimed = await self.store.write(
+                self.plan.id, [*extra, self.store.update_step_stmt(step, guard_from=[previous])]
+            )
+            extra = []
+            if not claimed:
+                step.state = "error"
+                step.error = plain_error(
+                    f"Could not transition step from {previous} to running, "
+                    "step already in running."
+                )
+                await self.store.write(self.plan.id, [self.store.update_step_stmt(step)])
+                self._step_done(step, future)
+                return
+            await self._run_action(step, action, event)
+            stmts = self._planned_event_stmts(step, action)
+            await self._save_step(step, action, stmts, action._chunks)
+            action._chunks = []
+            self._arm_planned(action)
+        except Exception as exc:  # noqa: BLE001 - the engine must survive any failure here
+            log.exception("step %s:%s failed in the engine", self.plan.id, step_id)
+            step.state = "error"
+            step.error = error_hash(exc)
+            try:
+                await self.store.write(self.plan.id, [self.store.update_step_stmt(step)])
+            except Exception:  # noqa: BLE001
+                log.exception("could not save step %s:%s", self.plan.id, step_id)
+        self._step_done(step, future)
+
+    async def _run_action(self, step: Step, action: Action, event: Any) -> None:
+        stored_input = action.input
+        action.phase = "run"
+        action.state = "running"
+        action._planned_events = []
+        action.input = dereference(stored_input, self._output_of)
+        started = time.monotonic()
+        queue = self.executor.queue(step.queue)
+        chain = self.world.middleware_for(type(action))
+        run = action.run  # type: ignore[attr-defined]
+        accepts_event = type(action).run_accepts_event()
+        try:
+            async def invoke(ev: Any) -> None:
+                args = (ev,) if accepts_event else ()
+                if inspect.iscoroutinefunction(run):
+                    queue.async_running += 1
+                    try:
+                        await run(*args)
+                    finally:
+                        queue.async_running -= 1
+                else:
+                    await queue.call(run, *args)
+
+            await run_chain(chain, action, invoke, event)
+            step.set_state("success")
+            step.error = None
+        except Suspend:
+            step.set_state("suspended")
+        except Exception as exc:  # noqa: BLE001 - the action's failure fails its step
+            step.set_state("error")
+            step.error = error_hash(exc)
+            self.world.action_logger.warning(
+                "%s (step %s:%s) failed: %s", action.name(), self.plan.id, step.id, exc
+            )
+        finally:
+            action.input = stored_input
+            elapsed = time.monotonic() - started
+            step.execution_time = (step.execution_time or 0.0) + elapsed
+            step.ended_at = utcnow()
+            if step.started_at is not None:
+                step.real_time = (step.ended_at - step.started_at).total_seconds()
+        try:
+            dumps(action._output)
+        except NotSerializable as exc:
+            action._output = {"not_serializable": True}
+            step.state = "error"
+            step.error = plain_error(f"output of {action.name()} is not serialisable: {exc}")
+        if step.state == "success":
+            step.progress_done = 1.0
+        else:
+            try:
+                step.progress_done = float(action.run_progress())
+            except Exception:  # noqa: BLE001
+                step.progress_done = 0.5
+        try:
+            step.progress_weight = float(action.run_progress_weight())
+        except Exception:  # noqa: BLE001
+            step.progress_weight = 1.0
+        action.state = step.state
+
+    def _output_of(self, action_id: int) -> dict[str, Any]:
+        action = self.plan.actions.get(action_id)
+        return action._output if action is not None else {}
+
+    def _planned_event_stmts(self, step: Step, action: Action) -> list[Stmt]:
+        stmts = []
+        now = time.time()
+        kept = []
+        for pe in action._planned_events:
+            try:
+                dumps(pe.event)
+            except NotSerializable as exc:
+                step.state = "error"
+                step.error = plain_error(f"event is not serialisable: {exc}")
+                continue
+            event_id = str(uuidlib.uuid4())
+            deliver_at = now + (pe.delay or 0.0)
+            if pe.execution_plan_id == self.plan.id:
+                stmts.append(
+                    self.store.insert_event_stmt(
+                        event_id, pe.execution_plan_id, pe.step_id, pe.event, deliver_at, pe.optional
+                    )
+                )
+            kept.append((event_id, pe, deliver_at))
+        action._planned_events = kept  # type: ignore[assignment]
+        return stmts
+
+    def _arm_planned(self, action: Action) -> None:
+        for event_id, pe, deliver_at in action._planned_events:  # type: ignore[misc]
+            if pe.execution_plan_id == self.plan.id:
+                self._arm_timer(event_id, pe.step_id, pe.event, deliver_at, pe.optional)
+            else:
+                self.executor.spawn(
+                    self.world._deliver_later(
+                        pe.execution_plan_id, pe.step_id, pe.event, pe.delay or 0.0, pe.optional
+                    ),
+                    "foreign event",
+                )
+        action._planned_events = []
+
+    def _arm_timer(
+        self, event_id: str, step_id: int, event: Any, deliver_at: float, optional: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deliver_at - time.time())
+
+        def fire() -> None:
+            self.timers.pop(event_id, None)
+            try:
+                self.deliver(step_id, event, None, event_id, optional)
+            except EventRejected as exc:
+                if not optional:
+                    log.info("planned event for %s:%s dropped: %s", self.plan.id, step_id, exc)
+                self.executor.spawn(
+                    self.store.write(self.plan.id, [self.store.delete_event_stmt(event_id)]),
+                    "drop event",
+                )
+
+        self.timers[event_id] = loop.call_later(delay, fire)
+
+    async def _save_step(
+        self, step: Step, action: Action, extra: list[Stmt], chunks: list[dict[str, Any]]
+    ) -> None:
+        stmts = [*extra, self.store.update_step_stmt(step)]
+        if isinstance(step, RunStep):
+            stmts.append(self.store.update_action_stmt(action))
+        if chunks:
+            stmts.extend(self.store.insert_chunk_stmts(self.plan.id, action.id, chunks))
+        await self.store.write(self.plan.id, stmts)
+
+    def _step_done(self, step: Step, future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+        queue = self.queued.get(step.id)
+        if step.state == "suspended":
+            self.outcome[step.id] = "suspended"
+            if queue:
+                pending = queue.popleft()
+                self._dispatch_event(step.id, pending)
+                return
+        else:
+            self.outcome[step.id] = "failed" if step.state == "error" else "done"
+            if queue:
+                while queue:
+                    pending = queue.popleft()
+                    if pending.future is not None and not pending.future.done():
+                        pending.future.set_exception(EventRejected("Message dropped"))
+                    if pending.event_id is not None:
+                        self.executor.spawn(
+                            self.store.write(
+                                self.plan.id, [self.store.delete_event_stmt(pending.event_id)]
+                            ),
+                            "drop event",
+                        )
+        self.queued.pop(step.id, None)
+        self.advance()
+
+    # ---- events ------------------------------------------------------------------------------------
+    def deliver(
+        self,
+        step_id: int,
+        event: Any,
+        future: asyncio.Future[None] | None,
+        event_id: str | None = None,
+        optional: bool = False,
+    ) -> None:
+        """Hand an event to a step: run it now if suspended, queue it if the step is executing."""
+        step = self.plan.steps.get(step_id)
+        outcome = self.outcome.get(step_id)
+        if self.halting or not isinstance(step, RunStep) or outcome not in ("busy", "suspended"):
+            raise EventRejected(
+                f"step {self.plan.id}:{step_id} is not suspended, it cannot process events"
+            )
+        pending = _Pending(event, future, event_id)
+        if outcome == "busy":
+            self.queued.setdefault(step_id, deque()).append(pending)
+            return
+        self._dispatch_event(step_id, pending)
+
+    def _dispatch_event(self, step_id: int, pending: _Pending) -> None:
+        self.outcome[step_id] = "busy"
+        self.executor.spawn(
+            self._execute_step(step_id, pending.event, pending.future, pending.event_id),
+            f"event for step {step_id}",
+        )
+
+    def cancellable_steps(self) -> list[Step]:
+        result = []
+        for step_id, outcome in self.outcome.items():
+            if outcome in ("busy", "suspended"):
+                step = self.plan.steps[step_id]
+                action = self.plan.actions.get(step.action_id)
+                if action is not None and type(action).cancellable:
+                    result.append(step)
+        return result
+
+    def cancel(self, force: bool = False) -> int:
+        steps = self.cancellable_steps()
+        for step in steps:
+            self.deliver(step.id, ABORT if force else CANCEL, None)
+        return len(steps)
+
+    # ---- end of the run phase, finalize, end ---------------------------------------------------
+    async def _finish_run_phase(self, failed: bool) -> None:
+        try:
+            if failed:
+                await self._handle_failure()
+                return
+            if any(True for _ in self.plan.finalize_flow.step_ids()):
+                self.phase = "finalize"
+                ok = await self._run_finalize()
+                if not ok:
+                    await self._handle_failure()
+                    return
+            await self._end("stopped")
+        except Exception:  # noqa: BLE001
+            log.exception("ending plan %s failed", self.plan.id)
+            await self._end("paused")
+
+    async def _handle_failure(self) -> None:
+        failed = {s.id for s in self.plan.steps.values() if s.state == "error"}
+        if self.world.auto_rescue and not self.world.terminating and not failed <= self.rescued:
+            self.rescued |= failed
+            strategy = self.plan.rescue_strategy()
+            log.info("plan %s failed, rescue strategy %s", self.plan.id, strategy)
+            if strategy == "skip":
+                stmts = []
+                for step_id in failed:
+                    step = self.plan.steps[step_id]
+                    if isinstance(step, RunStep):
+                        step.set_state("skipping")
+                        self.outcome.pop(step_id, None)
+                    elif isinstance(step, FinalizeStep):
+                        step.set_state("skipped")
+                    stmts.append(self.store.update_step_stmt(step))
+                await self.store.write(self.plan.id, stmts)
+                self.phase = "run"
+                self.advance()
+                return
+            if strategy == "fail":
+                await self._end("stopped")
+                return
+        await self._end("paused")
+
+    async def _run_finalize(self) -> bool:
+        steps = [self.plan.steps[s] for s in self.plan.finalize_flow.step_ids()]
+        for step in steps:
+            if step.state in ("success", "error"):
+                step.set_state("pending")
+        ok = True
+        stmts: list[Stmt] = []
+        for step in steps:
+            if step.state == "skipped":
+                continue
+            action = self.plan.actions[step.action_id]
+            action.phase = "finalize"
+            step.set_state("running")
+            step.started_at = step.started_at or utcnow()
+            started = time.monotonic()
+            finalize = action.finalize  # type: ignore[attr-defined]
+            queue = self.executor.queue(step.queue)
+
+            async def invoke(fn: Any = finalize, q: Queue = queue) -> None:
+                if inspect.iscoroutinefunction(fn):
+                    await fn()
+                else:
+                    await q.call(fn)
+
+            stored_input = action.input
+            action.input = dereference(stored_input, self._output_of)
+            try:
+                await finalize_chain(self.world.middleware_for(type(action)), action, invoke)
+                step.set_state("success")
+                step.progress_done = 1.0
+            except Exception as exc:  # noqa: BLE001
+                step.set_state("error")
+                step.error = error_hash(exc)
+                ok = False
+            finally:
+                action.input = stored_input
+                step.execution_time = (step.execution_time or 0.0) + time.monotonic() - started
+                step.ended_at = utcnow()
+                step.real_time = (step.ended_at - step.started_at).total_seconds()
+                step.progress_weight = step.progress_weight or 1.0
+            stmts.append(self.store.update_step_stmt(step))
+            if not ok:
+                break
+        self._finalize_stmts = stmts
+        if not ok:
+            await self.store.write(self.plan.id, stmts)
+            self._finalize_stmts = []
+        return ok
+
+    async def _end(self, state: str, history: str | None = None) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        self.phase = "done"
+        plan = self.plan
+        plan.set_state(state, history=history, world_id=self.world.id)
+        stmts = list(getattr(self, "_finalize_stmts", []))
+        stmts.append(self.store.update_plan_stmt(plan))
+        stmts.append(
+            self.store.release_lock_stmt(EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id)
+        )
+        await self.store.write(plan.id, stmts)
+        self.executor.forget(self)
+        self.world.telemetry_plan_finished(plan)
+        await self.world.run_hooks(plan, state)
+        if not self.future.done():
+            self.future.set_result(plan)
+
+    async def halt_after_inflight(self) -> None:
+        """Graceful shutdown: let executing steps finish, then park the plan as paused."""
+        self.halting = True
+        while any(o == "busy" for o in self.outcome.values()) and self.phase == "run":
+            await asyncio.sleep(0.01)
+        if self.phase in ("run",):
+            await self._end("paused", history="terminate execution")
+
+
+class Executor:
+    """Owns the queues and the running plans of one world."""
+
+    def __init__(self, world: World, pool_size: int, queues: dict[str, int] | None) -> None:
+        self.world = world
+        self.queues: dict[str, Queue] = {"default": Queue("default", pool_size)}
+        for name, size in (queues or {}).items():
+            self.queues[name] = Queue(name, size)
+        self.runs: dict[str, PlanRun] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def queue(self, name: str | None) -> Queue:
+        return self.queues.get(name or "default") or self.queues["default"]
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task %s failed", task.get_name(), exc_info=task.exception())
+
+    def adopt(self, plan: ExecutionPlan, planned_events: list[dict[str, Any]] | None) -> PlanRun:
+        run = PlanRun(self, plan)
+        self.runs[plan.id] = run
+        run.start(planned_events)
+        return run
+
+    def forget(self, run: PlanRun) -> None:
+        if self.runs.get(run.plan.id) is run:
+            del self.runs[run.plan.id]
+
+    def status(self) -> dict[str, dict[str, int]]:
+        return {name: q.status() for name, q in self.queues.items()}
+
+    async def shutdown(self, timeout: float) -> None:
+        runs = list(self.runs.values())
+        if runs:
+            await asyncio.wait(
+                [asyncio.ensure_future(r.halt_after_inflight()) for r in runs], timeout=timeout
+            )
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(list(self._tasks), timeout=max(0.01, deadline - time.monotonic()))
+        for task in list(self._tasks):
+            task.cancel()
+        for q in self.queues.values():
+            q.shutdown()

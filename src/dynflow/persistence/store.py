@@ -1,0 +1,671 @@
+"""The store: SQLAlchemy (async) on SQLite or PostgreSQL, migrated at start, written by group commit.
+
+Reads use the connection pool; every write goes through the ``Writer`` so that concurrent plans
+share transactions. Nothing here reads a row before writing it, and changing one step writes one
+step row.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from .. import flow as flows
+from ..action import Action, resolve_class
+from ..execution_plan import ExecutionPlan
+from ..serialization import dumps, loads, parse_time
+from ..step import STEP_CLASSES, Step
+from .schema import (
+    actions,
+    coordinator_records,
+    execution_plans,
+    output_chunks,
+    planned_events,
+    steps,
+)
+from .writer import Stmt, Write, Writer
+
+log = logging.getLogger("dynflow.persistence")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+PLAN_FILTER_COLUMNS = {
+    "label", "state", "result", "started_at", "ended_at", "real_time", "execution_time",
+    "root_plan_step_id", "class", "uuid",
+}
+ORDER_COLUMNS = PLAN_FILTER_COLUMNS - {"uuid"}
+
+# ---- statements, built once so the writer can fold equal ones into executemany --------------
+INSERT_PLAN = insert(execution_plans)
+INSERT_ACTION = insert(actions)
+INSERT_STEP = insert(steps)
+INSERT_CHUNK = insert(output_chunks)
+INSERT_EVENT = insert(planned_events)
+UPDATE_PLAN = (
+    update(execution_plans)
+    .where(execution_plans.c.uuid == bindparam("b_uuid"))
+    .values(
+        state=bindparam("state"),
+        result=bindparam("result"),
+        started_at=bindparam("started_at"),
+        ended_at=bindparam("ended_at"),
+        real_time=bindparam("real_time"),
+        execution_time=bindparam("execution_time"),
+        execution_history=bindparam("execution_history"),
+    )
+)
+_STEP_VALUES = dict(
+    state=bindparam("state"),
+    error=bindparam("error"),
+    started_at=bindparam("started_at"),
+    ended_at=bindparam("ended_at"),
+    real_time=bindparam("real_time"),
+    execution_time=bindparam("execution_time"),
+    progress_done=bindparam("progress_done"),
+    progress_weight=bindparam("progress_weight"),
+)
+UPDATE_STEP = (
+    update(steps)
+    .where(steps.c.execution_plan_uuid == bindparam("b_uuid"), steps.c.id == bindparam("b_id"))
+    .values(**_STEP_VALUES)
+)
+GUARDED_STEP = (
+    update(steps)
+    .where(
+        steps.c.execution_plan_uuid == bindparam("b_uuid"),
+        steps.c.id == bindparam("b_id"),
+        steps.c.state.in_(bindparam("b_from", expanding=True)),
+    )
+    .values(**_STEP_VALUES)
+)
+UPDATE_ACTION = (
+    update(actions)
+    .where(
+        actions.c.execution_plan_uuid == bindparam("b_uuid"), actions.c.id == bindparam("b_id")
+    )
+    .values(output=bindparam("output"))
+)
+DELETE_EVENT = delete(planned_events).where(planned_events.c.id == bindparam("b_id"))
+DELETE_LOCK = delete(coordinator_records).where(
+    coordinator_records.c.id == bindparam("b_id"),
+    coordinator_records.c["class"] == bindparam("b_class"),
+)
+DELETE_LOCK_OWNED = delete(coordinator_records).where(
+    coordinator_records.c.id == bindparam("b_id"),
+    coordinator_records.c["class"] == bindparam("b_class"),
+    coordinator_records.c.owner_id == bindparam("b_owner"),
+)
+UPDATE_RECORD = (
+    update(coordinator_records)
+    .where(
+        coordinator_records.c.id == bindparam("b_id"),
+        coordinator_records.c["class"] == bindparam("b_class"),
+    )
+    .values(data=bindparam("data"))
+)
+
+
+def plan_row(plan: ExecutionPlan) -> dict[str, Any]:
+    return {
+        "uuid": plan.id,
+        "state": plan.state,
+        "result": plan.result,
+        "started_at": plan.started_at,
+        "ended_at": plan.ended_at,
+        "real_time": plan.real_time,
+        "execution_time": plan.execution_time,
+        "label": plan.label,
+        "class": plan.wire_class,
+        "run_flow": dumps(plan.run_flow.encode()),
+        "finalize_flow": dumps(plan.finalize_flow.encode()),
+        "execution_history": dumps(plan.execution_history),
+        "step_ids": dumps(plan.step_ids),
+        "root_plan_step_id": plan.root_plan_step_id,
+    }
+
+
+def plan_update_params(plan: ExecutionPlan) -> dict[str, Any]:
+    return {
+        "b_uuid": plan.id,
+        "state": plan.state,
+        "result": plan.result,
+        "started_at": plan.started_at,
+        "ended_at": plan.ended_at,
+        "real_time": plan.real_time,
+        "execution_time": plan.execution_time,
+        "execution_history": dumps(plan.execution_history),
+    }
+
+
+def step_row(step: Step) -> dict[str, Any]:
+    return {
+        "execution_plan_uuid": step.execution_plan_id,
+        "id": step.id,
+        "action_id": step.action_id,
+        "state": step.state,
+        "started_at": step.started_at,
+        "ended_at": step.ended_at,
+        "real_time": step.real_time,
+        "execution_time": step.execution_time,
+        "progress_done": step.progress_done,
+        "progress_weight": step.progress_weight,
+        "class": step.wire_class,
+        "action_class": step.action_class,
+        "queue": step.queue,
+        "error": dumps(step.error) if step.error is not None else None,
+        "children": dumps(step.children) if step.children is not None else None,
+    }
+
+
+def step_update_params(step: Step) -> dict[str, Any]:
+    return {
+        "b_uuid": step.execution_plan_id,
+        "b_id": step.id,
+        "state": step.state,
+        "error": dumps(step.error) if step.error is not None else None,
+        "started_at": step.started_at,
+        "ended_at": step.ended_at,
+        "real_time": step.real_time,
+        "execution_time": step.execution_time,
+        "progress_done": step.progress_done,
+        "progress_weight": step.progress_weight,
+    }
+
+
+def action_row(action: Action) -> dict[str, Any]:
+    return {
+        "execution_plan_uuid": action.execution_plan_id,
+        "id": action.id,
+        "caller_execution_plan_id": action.caller_execution_plan_id,
+        "caller_action_id": action.caller_action_id,
+        "class": action.name(),
+        "input": dumps(action.input),
+        "output": dumps(action._output),
+        "plan_step_id": action.plan_step_id,
+        "run_step_id": action.run_step_id,
+        "finalize_step_id": action.finalize_step_id,
+    }
+
+
+class Store:
+    """Persistence of plans, steps, actions, output chunks, planned events and locks."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL") -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        self.sqlite_synchronous = sqlite_synchronous
+        self.engine: AsyncEngine = self._create_engine(pool_size)
+        self.writer = Writer(self.engine)
+        self._insert_ignore = self._make_insert_ignore()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def _create_engine(self, pool_size: int) -> AsyncEngine:
+        url = self.url
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            database = url.database or ""
+            if database in ("", ":memory:"):
+                kwargs["poolclass"] = StaticPool
+                kwargs["connect_args"] = {"check_same_thread": False}
+            else:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                kwargs["pool_size"] = pool_size
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        engine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            synchronous = self.sqlite_synchronous
+            memory = (url.database or "") in ("", ":memory:")
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                if not memory:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    cursor.execute(f"PRAGMA synchronous={synchronous}")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+        return engine
+
+    def _make_insert_ignore(self) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(coordinator_records).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(coordinator_records).on_conflict_do_nothing()
+
+    @property
+    def memory(self) -> bool:
+        return self.dialect == "sqlite" and (self.url.database or "") in ("", ":memory:")
+
+    async def start(self) -> None:
+        await self.migrate()
+        await self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        """Apply the Alembic migrations (idempotent; several processes may start together)."""
+        from alembic import command
+        from alembic.config import Config
+
+        def run(sync_conn: Any) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = sync_conn
+            command.upgrade(config, "head")
+
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                from sqlalchemy import text
+
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242017)"))
+            await conn.run_sync(run)
+
+    # ---- writing ---------------------------------------------------------------------------------
+    async def write(self, resource: str, stmts: Sequence[Stmt]) -> bool:
+        return await self.writer.write(Write(resource, stmts))
+
+    @staticmethod
+    def insert_plan_stmts(plan: ExecutionPlan) -> list[Stmt]:
+        stmts = [Stmt(INSERT_PLAN, plan_row(plan))]
+        stmts += [Stmt(INSERT_ACTION, action_row(a)) for a in plan.actions.values()]
+        stmts += [Stmt(INSERT_STEP, step_row(s)) for s in plan.steps.values()]
+        return stmts
+
+    @staticmethod
+    def update_plan_stmt(plan: ExecutionPlan) -> Stmt:
+        return Stmt(UPDATE_PLAN, plan_update_params(plan))
+
+    @staticmethod
+    def update_step_stmt(step: Step, guard_from: Iterable[str] | None = None) -> Stmt:
+        params = step_update_params(step)
+        if guard_from is None:
+            return Stmt(UPDATE_STEP, params)
+        params["b_from"] = list(guard_from)
+        return Stmt(GUARDED_STEP, params, guard=True)
+
+    @staticmethod
+    def update_action_stmt(action: Action) -> Stmt:
+        return Stmt(
+            UPDATE_ACTION,
+            {
+                "b_uuid": action.execution_plan_id,
+                "b_id": action.id,
+                "output": dumps(action._output),
+            },
+        )
+
+    @staticmethod
+    def insert_chunk_stmts(plan_id: str, action_id: int, chunks: list[dict[str, Any]]) -> list[Stmt]:
+        return [
+            Stmt(
+                INSERT_CHUNK,
+                {
+                    "execution_plan_uuid": plan_id,
+                    "action_id": action_id,
+                    "chunk": dumps(c["chunk"]),
+                    "kind": c.get("kind"),
+                    "timestamp": float(c["timestamp"]),
+                },
+            )
+            for c in chunks
+        ]
+
+    @staticmethod
+    def insert_event_stmt(
+        event_id: str, plan_id: str, step_id: int, payload: Any, deliver_at: float, optional: bool
+    ) -> Stmt:
+        return Stmt(
+            INSERT_EVENT,
+            {
+                "id": event_id,
+                "execution_plan_uuid": plan_id,
+                "step_id": step_id,
+                "event": dumps(payload),
+                "deliver_at": deliver_at,
+                "optional": optional,
+            },
+        )
+
+    @staticmethod
+    def delete_event_stmt(event_id: str) -> Stmt:
+        return Stmt(DELETE_EVENT, {"b_id": event_id})
+
+    def acquire_lock_stmt(self, cls: str, lock_id: str, owner: str, data: dict[str, Any]) -> Stmt:
+        return Stmt(
+            self._insert_ignore,
+            {"id": lock_id, "class": cls, "owner_id": owner, "data": dumps(data)},
+            guard=True,
+        )
+
+    @staticmethod
+    def release_lock_stmt(cls: str, lock_id: str, owner: str | None = None) -> Stmt:
+        if owner is None:
+            return Stmt(DELETE_LOCK, {"b_id": lock_id, "b_class": cls})
+        return Stmt(DELETE_LOCK_OWNED, {"b_id": lock_id, "b_class": cls, "b_owner": owner})
+
+    @staticmethod
+    def update_record_stmt(cls: str, record_id: str, data: dict[str, Any]) -> Stmt:
+        return Stmt(UPDATE_RECORD, {"b_id": record_id, "b_class": cls, "data": dumps(data)})
+
+    # ---- reading: plans --------------------------------------------------------------------------
+    def _plan_from_row(self, row: Any, world: Any) -> ExecutionPlan:
+        return ExecutionPlan(
+            row.uuid,
+            world=world,
+            state=row.state,
+            label=row.label,
+            result=row.result,
+            root_plan_step_id=row.root_plan_step_id,
+            run_flow=flows.decode(loads(row.run_flow)) if row.run_flow else None,
+            finalize_flow=flows.decode(loads(row.finalize_flow)) if row.finalize_flow else None,
+            step_ids=loads(row.step_ids) or [],
+            started_at=parse_time(row.started_at),
+            ended_at=parse_time(row.ended_at),
+            execution_time=row.execution_time if row.execution_time is not None else 0.0,
+            real_time=row.real_time or 0.0,
+            execution_history=loads(row.execution_history) or [],
+        )
+
+    @staticmethod
+    def _step_from_row(row: Any) -> Step:
+        cls = STEP_CLASSES[row["class"]]
+        return cls(
+            row.execution_plan_uuid,
+            row.id,
+            row.action_id,
+            row.action_class,
+            row.state,
+            error=loads(row.error),
+            started_at=parse_time(row.started_at),
+            ended_at=parse_time(row.ended_at),
+            execution_time=row.execution_time or 0.0,
+            real_time=row.real_time or 0.0,
+            progress_done=row.progress_done or 0.0,
+            progress_weight=row.progress_weight or 0.0,
+            queue=row.queue,
+            children=loads(row.children),
+        )
+
+    @staticmethod
+    def _action_from_row(row: Any, world: Any, phase: str = "present") -> Action:
+        cls = resolve_class(row["class"])
+        return cls(
+            world=world,
+            execution_plan_id=row.execution_plan_uuid,
+            id=row.id,
+            plan_step_id=row.plan_step_id,
+            run_step_id=row.run_step_id,
+            finalize_step_id=row.finalize_step_id,
+            caller_execution_plan_id=row.caller_execution_plan_id,
+            caller_action_id=row.caller_action_id,
+            input=loads(row.input) or {},
+            output=loads(row.output) or {},
+            phase=phase,
+        )
+
+    async def load_plan(
+        self, plan_id: str, world: Any = None, *, with_steps: bool = True, with_actions: bool = True
+    ) -> ExecutionPlan | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(execution_plans).where(execution_plans.c.uuid == plan_id))
+            ).first()
+            if row is None:
+                return None
+            plan = self._plan_from_row(row, world)
+            if with_steps:
+                for srow in await conn.execute(
+                    select(steps).where(steps.c.execution_plan_uuid == plan_id)
+                ):
+                    step = self._step_from_row(srow._mapping)
+                    plan.steps[step.id] = step
+            if with_actions:
+                for arow in await conn.execute(
+                    select(actions).where(actions.c.execution_plan_uuid == plan_id)
+                ):
+                    action = self._action_from_row(arow._mapping, world)
+                    action.execution_plan = plan
+                    plan.actions[action.id] = action
+        if with_steps:
+            for action in plan.actions.values():
+                action.state = _action_state(plan, action)
+        return plan
+
+    def _filtered(self, query: Any, filters: dict[str, Any] | None) -> Any:
+        if not filters:
+            return query
+        filters = dict(filters)
+        caller_plan = filters.pop("caller_execution_plan_id", None)
+        caller_action = filters.pop("caller_action_id", None)
+        if caller_action is not None and caller_plan is None:
+            raise ValueError("filter caller_action_id requires caller_execution_plan_id")
+        started_after = filters.pop("started_at_from", None)
+        started_before = filters.pop("started_at_to", None)
+        ended_after = filters.pop("ended_at_from", None)
+        ended_before = filters.pop("ended_at_to", None)
+        for key, value in filters.items():
+            if key not in PLAN_FILTER_COLUMNS:
+                raise ValueError(f"unknown filter {key!r}")
+            column = execution_plans.c[key]
+            if isinstance(value, list | tuple | set):
+                values = list(value)
+                query = query.where(column.in_(values)) if values else query.where(False)
+            else:
+                query = query.where(column == value)
+        for column, op, value in (
+            ("started_at", ">=", started_after),
+            ("started_at", "<=", started_before),
+            ("ended_at", ">=", ended_after),
+            ("ended_at", "<=", ended_before),
+        ):
+            if value is not None:
+                col = execution_plans.c[column]
+                when = parse_time(value)
+                query = query.where(col >= when if op == ">=" else col <= when)
+        if caller_plan is not None:
+            condition = [
+                actions.c.execution_plan_uuid == execution_plans.c.uuid,
+                actions.c.id == 1,
+            ]
+            plans = caller_plan if isinstance(caller_plan, list | tuple) else [caller_plan]
+            condition.append(actions.c.caller_execution_plan_id.in_(list(plans)))
+            if caller_action is not None:
+                ids = caller_action if isinstance(caller_action, list | tuple) else [caller_action]
+                condition.append(actions.c.caller_action_id.in_([int(i) for i in ids]))
+            query = query.where(select(actions.c.id).where(and_(*condition)).exists())
+        return query
+
+    async def find_plans(
+        self,
+        world: Any = None,
+        *,
+        filters: dict[str, Any] | None = None,
+        order_by: str | None = None,
+        desc: bool = False,
+        page: int | None = None,
+        per_page: int | None = None,
+    ) -> list[ExecutionPlan]:
+        query = self._filtered(select(execution_plans), filters)
+        order = order_by or "started_at"
+        if order not in ORDER_COLUMNS:
+            raise ValueError(f"cannot order by {order!r}")
+        column = execution_plans.c[order]
+        query = query.order_by(column.desc() if desc else column.asc(), execution_plans.c.uuid)
+        if page is not None and per_page is None:
+            raise ValueError("page requires per_page")
+        if per_page is not None:
+            query = query.limit(per_page).offset((page or 0) * per_page)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._plan_from_row(r, world) for r in rows]
+
+    async def count_plans(self, filters: dict[str, Any] | None = None) -> int:
+        query = self._filtered(select(func.count()).select_from(execution_plans), filters)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def plan_statuses(self, filters: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        if filters is not None and not filters:
+            return {}
+        query = self._filtered(
+            select(execution_plans.c.uuid, execution_plans.c.state, execution_plans.c.result),
+            filters,
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.uuid: {"state": r.state, "result": r.result} for r in rows}
+
+    async def count_by_state(self) -> dict[str, int]:
+        query = select(execution_plans.c.state, func.count()).group_by(execution_plans.c.state)
+        async with self.engine.connect() as conn:
+            return {state: int(n) for state, n in (await conn.execute(query)).all()}
+
+    async def load_actions(self, plan_id: str, world: Any = None) -> list[Action]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(actions)
+                    .where(actions.c.execution_plan_uuid == plan_id)
+                    .order_by(actions.c.id)
+                )
+            ).all()
+        return [self._action_from_row(r._mapping, world) for r in rows]
+
+    async def load_output_chunks(self, plan_id: str, action_id: int) -> list[dict[str, Any]]:
+        query = (
+            select(output_chunks)
+            .where(
+                output_chunks.c.execution_plan_uuid == plan_id,
+                output_chunks.c.action_id == action_id,
+            )
+            .order_by(output_chunks.c.id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {"id": r.id, "timestamp": r.timestamp, "kind": r.kind, "chunk": loads(r.chunk)}
+            for r in rows
+        ]
+
+    async def delete_output_chunks(self, plan_id: str, action_id: int) -> None:
+        stmt = delete(output_chunks).where(
+            output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.action_id == action_id
+        )
+        await self.write(plan_id, [Stmt(stmt, {})])
+
+    # ---- planned events -----------------------------------------------------------------------------
+    async def planned_events_of(self, plan_id: str) -> list[dict[str, Any]]:
+        query = (
+            select(planned_events)
+            .where(planned_events.c.execution_plan_uuid == plan_id)
+            .order_by(planned_events.c.deliver_at)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "id": r.id,
+                "execution_plan_id": r.execution_plan_uuid,
+                "step_id": r.step_id,
+                "event": loads(r.event),
+                "deliver_at": r.deliver_at,
+                "optional": bool(r.optional),
+            }
+            for r in rows
+        ]
+
+    # ---- coordinator records -------------------------------------------------------------------------
+    async def find_records(
+        self, cls: str | None = None, owner: str | None = None, record_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(coordinator_records)
+        if cls is not None:
+            query = query.where(coordinator_records.c["class"] == cls)
+        if owner is not None:
+            query = query.where(coordinator_records.c.owner_id == owner)
+        if record_id is not None:
+            query = query.where(coordinator_records.c.id == record_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {"id": r.id, "class": r._mapping["class"], "owner_id": r.owner_id, "data": loads(r.data)}
+            for r in rows
+        ]
+
+    async def acquire_lock(self, cls: str, lock_id: str, owner: str, data: dict[str, Any]) -> bool:
+        return await self.write(lock_id, [self.acquire_lock_stmt(cls, lock_id, owner, data)])
+
+    async def release_lock(self, cls: str, lock_id: str, owner: str | None = None) -> None:
+        await self.write(lock_id, [self.release_lock_stmt(cls, lock_id, owner)])
+
+    # ---- deletion (cleaner) -----------------------------------------------------------------------------
+    async def delete_plans(self, plan_ids: Sequence[str]) -> int:
+        if not plan_ids:
+            return 0
+        ids = list(plan_ids)
+        stmts = [
+            Stmt(delete(planned_events).where(planned_events.c.execution_plan_uuid.in_(ids)), {}),
+            Stmt(delete(output_chunks).where(output_chunks.c.execution_plan_uuid.in_(ids)), {}),
+            Stmt(delete(steps).where(steps.c.execution_plan_uuid.in_(ids)), {}),
+            Stmt(delete(actions).where(actions.c.execution_plan_uuid.in_(ids)), {}),
+            Stmt(delete(execution_plans).where(execution_plans.c.uuid.in_(ids)), {}),
+        ]
+        await self.write(f"delete:{uuidlib.uuid4()}", stmts)
+        return len(ids)
+
+    async def find_old_plans(
+        self, states: Sequence[str], ended_before: datetime, limit: int = 1000
+    ) -> list[str]:
+        column = execution_plans.c.ended_at
+        query = (
+            select(execution_plans.c.uuid)
+            .where(execution_plans.c.state.in_(list(states)))
+            .where(
+                (column <= ended_before)
+                | (column.is_(None) & (execution_plans.c.started_at <= ended_before))
+            )
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [r.uuid for r in (await conn.execute(query)).all()]
+
+    async def find_paused_errored_before(self, before: datetime, limit: int = 1000) -> list[str]:
+        query = (
+            select(execution_plans.c.uuid)
+            .where(execution_plans.c.state == "paused")
+            .where(execution_plans.c.started_at <= before)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [r.uuid for r in (await conn.execute(query)).all()]
+
+    async def connection(self) -> AsyncConnection:
+        return await self.engine.connect()
+
+
+def _action_state(plan: ExecutionPlan, action: Action) -> str | None:
+    for step_id in (action.finalize_step_id, action.run_step_id, action.plan_step_id):
+        if step_id is not None and step_id in plan.steps:
+            state = plan.steps[step_id].state
+            if state != "pending" or step_id == action.plan_step_id:
+                return state
+    return None
+

@@ -1,0 +1,135 @@
+"""Recovery at start: invalidate dead worlds, take over their plans, execute what waits (§5.4).
+
+A world is dead when its record names this host and a process that no longer runs (or this
+very process: an earlier incarnation), or when its heartbeat is older than ``world_timeout``.
+Each plan it was executing gets its ``running`` steps failed with "Abnormal termination", the
+history entry "terminate execution" and ``paused``; then the rescue strategy decides, and a plan
+without errors is executed again here (its suspended steps re-run with no event).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import DynflowError
+from .executor import EXECUTION_LOCK
+from .step import RunStep, plain_error
+
+if TYPE_CHECKING:
+    from .world import World
+
+log = logging.getLogger("dynflow.recovery")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_dead(world: World, record: dict[str, Any]) -> bool:
+    data = record.get("data") or {}
+    meta = data.get("meta") or {}
+    if meta.get("hostname") == socket.gethostname():
+        pid = meta.get("pid")
+        if isinstance(pid, int) and (pid == os.getpid() or not _pid_alive(pid)):
+            return True
+    last_seen = data.get("last_seen_epoch")
+    if not isinstance(last_seen, int | float):
+        return True
+    return time.time() - last_seen > world.config.world_timeout
+
+
+async def invalidate_dead_worlds(world: World) -> int:
+    from .world import WORLD_RECORD
+
+    store = world.store
+    count = 0
+    for record in await store.find_records(cls=WORLD_RECORD):
+        if record["id"] == world.id or not is_dead(world, record):
+            continue
+        log.warning("world %s is gone; recovering its plans", record["id"])
+        await store.release_lock(WORLD_RECORD, record["id"])
+        count += 1
+    live = {r["id"] for r in await store.find_records(cls=WORLD_RECORD)}
+    for lock in await store.find_records(cls=EXECUTION_LOCK):
+        if lock["owner_id"] in live:
+            continue
+        plan_id = (lock.get("data") or {}).get("execution_plan_id") or lock["id"].split(":", 1)[-1]
+        await recover_plan(world, plan_id, lock)
+    return count
+
+
+async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None:
+    store = world.store
+    plan = await store.load_plan(plan_id, world)
+    release = store.release_lock_stmt(EXECUTION_LOCK, lock["id"], lock["owner_id"])
+    if plan is None:
+        await store.write(plan_id, [release])
+        return
+    stmts = []
+    for step in plan.steps.values():
+        if step.state == "running":
+            step.state = "error"
+            step.error = plain_error(
+                "Abnormal termination (previous state: running)", "Dynflow::Errors::FatalError"
+            )
+            stmts.append(store.update_step_stmt(step))
+    if plan.state == "running":
+        plan.set_state("paused", history="terminate execution", world_id=lock["owner_id"])
+    stmts.append(store.update_plan_stmt(plan))
+    stmts.append(release)
+    await store.write(plan.id, stmts)
+    log.warning("plan %s recovered from a dead world (%s)", plan.id, plan.result)
+    if plan.state != "paused":
+        return
+    if plan.failed_steps() and world.auto_rescue:
+        strategy = plan.rescue_strategy()
+        if strategy == "skip":
+            stmts = []
+            for step in plan.failed_steps():
+                if isinstance(step, RunStep):
+                    step.set_state("skipping")
+                    stmts.append(store.update_step_stmt(step))
+            await store.write(plan.id, stmts)
+        elif strategy == "fail":
+            plan.set_state("stopped", world_id=world.id)
+            await store.write(plan.id, [store.update_plan_stmt(plan)])
+            await world.run_hooks(plan, "stopped")
+            return
+        else:
+            await world.run_hooks(plan, "paused")
+            return
+    elif plan.failed_steps():
+        return
+    try:
+        await world.execute(plan.id)
+    except DynflowError as exc:
+        log.warning("could not execute recovered plan %s: %s", plan.id, exc)
+
+
+async def auto_execute(world: World) -> int:
+    """Execute every planned or paused plan without errors that nobody executes."""
+    store = world.store
+    locked = {
+        (lock.get("data") or {}).get("execution_plan_id")
+        for lock in await store.find_records(cls=EXECUTION_LOCK)
+    }
+    count = 0
+    for plan in await store.find_plans(world, filters={"state": ["planned", "paused"]}):
+        if plan.result == "error" or plan.id in locked or world.is_running(plan.id):
+            continue
+        try:
+            await world.execute(plan.id)
+            count += 1
+        except DynflowError as exc:
+            log.warning("auto-execute of %s failed: %s", plan.id, exc)
+    return count

@@ -1,0 +1,204 @@
+"""Execution: states, results, flows at run time, events, rescue, resume and skip (spec §2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynflow import EventRejected, ExecutionRejected
+from tests.support import dummy
+from tests.support.code_workflow import ISSUES, IncomingIssues
+
+
+async def finish(world, action_class, *args, timeout=10, **kwargs):
+    triggered = await world.trigger(action_class, *args, **kwargs)
+    plan = await triggered.wait(timeout)
+    return await world.load_plan(plan.id)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def step_state(world, plan_id, step_id):
+    plan = await world.load_plan(plan_id)
+    return plan.steps[step_id].state
+
+
+async def test_trivial_plan_ends_stopped_success(world):
+    plan = await finish(world, dummy.Dummy)
+    assert (plan.state, plan.result) == ("stopped", "success")
+    assert plan.actions[1].output == {"ok": True}
+    history = [h["name"] for h in plan.execution_history]
+    assert history == ["start execution", "finish execution"]
+    data = plan.to_hash()
+    assert data["class"] == "Dynflow::ExecutionPlan"
+    assert len(data["started_at"]) == len("2026-01-20 19:00:53.123")
+    assert data["real_time"] >= 0 and data["execution_time"] >= 0
+
+
+async def test_async_run_runs_on_the_loop(world):
+    plan = await finish(world, dummy.AsyncDummy)
+    assert plan.result == "success"
+
+
+async def test_incoming_issues_resolve_references(world):
+    plan = await finish(world, IncomingIssues, ISSUES)
+    assert (plan.state, plan.result) == ("stopped", "success")
+    assert plan.actions[4].output == {"updated": {"assignee": "John Doe"}}
+    assert all(s.state == "success" for s in plan.steps.values())
+    step = plan.steps[7].to_hash()
+    assert step["class"] == "Dynflow::ExecutionPlan::Steps::RunStep"
+    assert step["queue"] == "default" and step["progress_done"] == 1
+
+
+async def test_failed_branch_stops_only_its_sequence(world):
+    plan = await finish(world, dummy.Parallel, 3)
+    assert (plan.state, plan.result) == ("paused", "error")
+    # three concurrent dummies ran, the failing one errored, the one after it never ran
+    states = {s.id: s.state for s in plan.run_steps()}
+    assert sorted(states.values()) == ["error", "pending", "success", "success", "success"]
+    failed = plan.failed_steps()[0]
+    assert failed.error["message"] == "Trolling detected"
+    assert failed.error["exception_class"] == "RuntimeError"
+    assert failed.error["backtrace"]
+
+
+async def test_resume_after_fix(world):
+    dummy.FLAKY["fail"] = True
+    plan = await finish(world, dummy.Flaky)
+    assert (plan.state, plan.result) == ("paused", "error")
+    dummy.FLAKY["fail"] = False
+    try:
+        done = await (await world.resume(plan.id))
+    finally:
+        dummy.FLAKY["fail"] = True
+    plan = await world.load_plan(done.id)
+    assert (plan.state, plan.result) == ("stopped", "success")
+    assert [h["name"] for h in plan.execution_history] == [
+        "start execution", "pause execution", "start execution", "finish execution",
+    ]
+
+
+async def test_resume_requires_paused(world):
+    plan = await finish(world, dummy.Dummy)
+    with pytest.raises(ExecutionRejected):
+        await world.resume(plan.id)
+
+
+async def test_skip_failed_step_then_resume(world):
+    plan = await finish(world, dummy.Parallel, 1)
+    failed = plan.failed_steps()[0]
+    await world.skip_step(plan.id, failed.id)
+    skipped = await world.load_plan(plan.id)
+    assert skipped.steps[failed.id].state == "skipping"
+    done = await (await world.resume(plan.id))
+    plan = await world.load_plan(done.id)
+    assert (plan.state, plan.result) == ("stopped", "warning")
+    assert plan.steps[failed.id].state == "skipped"
+
+
+async def test_auto_rescue_skip(world):
+    plan = await finish(world, dummy.SkipRescue)
+    assert (plan.state, plan.result) == ("stopped", "warning")
+
+
+async def test_auto_rescue_fail(world):
+    plan = await finish(world, dummy.FailRescue)
+    assert (plan.state, plan.result) == ("stopped", "error")
+
+
+async def test_not_serialisable_output_fails_step(world):
+    plan = await finish(world, dummy.NotSerializableOutput)
+    assert plan.result == "error"
+    assert plan.actions[1].output == {"not_serializable": True}
+    assert "not serialisable" in plan.failed_steps()[0].error["message"]
+
+
+async def test_not_serialisable_input_fails_planning(world):
+    result = await world.trigger(dummy.Dummy, when=object())
+    assert not result.triggered
+    plan = await world.load_plan(result.id)
+    assert (plan.state, plan.result) == ("stopped", "error")
+    assert plan.actions[1].input == {"not_serializable": True}
+
+
+async def test_suspend_and_event(world):
+    triggered = await world.trigger(dummy.Waiting)
+    await wait_for(lambda: step_state(world, triggered.id, 2))
+    assert await wait_for(lambda: _is(world, triggered.id, 2, "suspended"))
+    await world.event(triggered.id, 2, "first")
+    plan = await world.load_plan(triggered.id)
+    assert plan.steps[2].state == "suspended"
+    await world.event(triggered.id, 2, {"finish": True})
+    done = await triggered.wait(5)
+    plan = await world.load_plan(done.id)
+    assert plan.result == "success"
+    assert plan.actions[1].output["events"] == ["first", {"finish": True}]
+    with pytest.raises(EventRejected):
+        await world.event(triggered.id, 2, "late")
+
+
+async def _is(world, plan_id, step_id, state):
+    return await step_state(world, plan_id, step_id) == state
+
+
+async def test_event_to_unknown_step_rejected(world):
+    triggered = await world.trigger(dummy.Waiting)
+    assert await wait_for(lambda: _is(world, triggered.id, 2, "suspended"))
+    with pytest.raises(EventRejected):
+        await world.event(triggered.id, 1, "nope")
+    await world.event(triggered.id, 2, {"finish": True})
+    await triggered.wait(5)
+
+
+async def test_planned_event_wakes_step(world):
+    plan = await finish(world, dummy.Ticking, delay=0.05)
+    assert plan.result == "success"
+    assert plan.actions[1].output == {"woken_by": "tick"}
+
+
+async def test_cancel_sends_cancel_event(world):
+    triggered = await world.trigger(dummy.Waiting)
+    assert await wait_for(lambda: _is(world, triggered.id, 2, "suspended"))
+    assert await world.cancel(triggered.id) == 1
+    done = await triggered.wait(5)
+    plan = await world.load_plan(done.id)
+    assert plan.state == "paused" and plan.result == "error"
+    assert plan.actions[1].output["cancelled"] is True
+
+
+async def test_output_chunks_are_stored(world):
+    plan = await finish(world, dummy.WithChunks)
+    chunks = await world.output_chunks(plan.id, 1)
+    assert [c["chunk"] for c in chunks] == ["hello ", "world"]
+    assert all(c["kind"] == "stdout" and isinstance(c["timestamp"], float) for c in chunks)
+
+
+async def test_queries(world):
+    ok = await finish(world, dummy.Dummy)
+    bad = await finish(world, dummy.FailingDummy)
+    assert await world.count_plans() == 2
+    assert await world.count_plans({"state": "paused"}) == 1
+    assert await world.count_plans({"state": []}) == 0
+    statuses = await world.plan_statuses({"uuid": [ok.id, bad.id, "missing"]})
+    assert statuses == {
+        ok.id: {"state": "stopped", "result": "success"},
+        bad.id: {"state": "paused", "result": "error"},
+    }
+    ordered = await world.find_plans(order_by="state")
+    assert [p.id for p in ordered] == [bad.id, ok.id]
+    desc = await world.find_plans(order_by="state", desc=True, per_page=1, page=0)
+    assert [p.id for p in desc] == [ok.id]
+    with pytest.raises(ValueError):
+        await world.find_plans(filters={"bogus": 1})
+    with pytest.raises(ValueError):
+        await world.find_plans(order_by="uuid")
