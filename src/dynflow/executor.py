@@ -170,7 +170,7 @@ class PlanRun:
             if step.started_at is None:
                 step.started_at = utcnow()
             claimed = await self.store.write(
-                self.plan.id, [*extra, self.store.update_step_stmt(step, guard_from=[previous])]
+                self.plan.id, [*extra, self.store.update_step_stmt(step, guard_from=previous)]
             )
             extra = []
             if not claimed:
@@ -184,6 +184,16 @@ class PlanRun:
                 return
             await self._run_action(step, action, event)
             stmts = self._planned_event_stmts(step, action)
+            if self._ends_plan(step):
+                # The last step of a plan without finalize: its save and the plan's end share
+                # one transaction.
+                await self._save_step(step, action, stmts, action._chunks, end=True)
+                action._chunks = []
+                self._arm_planned(action)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                await self._after_end("stopped")
+                return
             await self._save_step(step, action, stmts, action._chunks)
             action._chunks = []
             self._arm_planned(action)
@@ -317,14 +327,35 @@ class PlanRun:
 
         self.timers[event_id] = loop.call_later(delay, fire)
 
+    def _ends_plan(self, step: Step) -> bool:
+        """Would this step, finishing now with success, end a plan that has no finalize phase?"""
+        if step.state != "success" or self.queued.get(step.id) or self.halting:
+            return False
+        if any(True for _ in self.plan.finalize_flow.step_ids()):
+            return False
+        self.outcome[step.id] = "done"
+        ready: list[int] = []
+        if self._status(self.plan.run_flow, ready) == "done" and not ready:
+            self.phase = "ending"
+            return True
+        self.outcome[step.id] = "busy"
+        return False
+
     async def _save_step(
-        self, step: Step, action: Action, extra: list[Stmt], chunks: list[dict[str, Any]]
+        self,
+        step: Step,
+        action: Action,
+        extra: list[Stmt],
+        chunks: list[dict[str, Any]],
+        end: bool = False,
     ) -> None:
         stmts = [*extra, self.store.update_step_stmt(step)]
         if isinstance(step, RunStep):
             stmts.append(self.store.update_action_stmt(action))
         if chunks:
             stmts.extend(self.store.insert_chunk_stmts(self.plan.id, action.id, chunks))
+        if end:
+            stmts.extend(self._end_stmts("stopped"))
         await self.store.write(self.plan.id, stmts)
 
     def _step_done(self, step: Step, future: asyncio.Future[None] | None) -> None:
@@ -490,19 +521,28 @@ class PlanRun:
             self._finalize_stmts = []
         return ok
 
-    async def _end(self, state: str, history: str | None = None) -> None:
+    def _end_stmts(self, state: str, history: str | None = None) -> list[Stmt]:
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
         self.phase = "done"
         plan = self.plan
         plan.set_state(state, history=history, world_id=self.world.id)
+        return [
+            self.store.update_plan_stmt(plan),
+            self.store.release_lock_stmt(
+                EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id
+            ),
+        ]
+
+    async def _end(self, state: str, history: str | None = None) -> None:
         stmts = list(getattr(self, "_finalize_stmts", []))
-        stmts.append(self.store.update_plan_stmt(plan))
-        stmts.append(
-            self.store.release_lock_stmt(EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id)
-        )
-        await self.store.write(plan.id, stmts)
+        stmts.extend(self._end_stmts(state, history))
+        await self.store.write(self.plan.id, stmts)
+        await self._after_end(state)
+
+    async def _after_end(self, state: str) -> None:
+        plan = self.plan
         self.executor.forget(self)
         self.world.telemetry_plan_finished(plan)
         await self.world.run_hooks(plan, state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ GUARDED_STEP = (
     .where(
         steps.c.execution_plan_uuid == bindparam("b_uuid"),
         steps.c.id == bindparam("b_id"),
-        steps.c.state.in_(bindparam("b_from", expanding=True)),
+        steps.c.state == bindparam("b_from"),
     )
     .values(**_STEP_VALUES)
 )
@@ -294,11 +294,12 @@ class Store:
         return Stmt(UPDATE_PLAN, plan_update_params(plan))
 
     @staticmethod
-    def update_step_stmt(step: Step, guard_from: Iterable[str] | None = None) -> Stmt:
+    def update_step_stmt(step: Step, guard_from: str | None = None) -> Stmt:
+        """Save a step; with ``guard_from`` only if its stored state still is that state."""
         params = step_update_params(step)
         if guard_from is None:
             return Stmt(UPDATE_STEP, params)
-        params["b_from"] = list(guard_from)
+        params["b_from"] = guard_from
         return Stmt(GUARDED_STEP, params, guard=True)
 
     @staticmethod

@@ -114,7 +114,12 @@ class Writer:
     async def _commit(self, batch: list[Write]) -> None:
         assert self._conn is not None
         try:
-            await self._apply(batch)
+            try:
+                await self._apply(batch, exact=False)
+            except _GuardConflict:
+                for write in batch:
+                    write.failed = False
+                await self._apply(batch, exact=True)
         except Exception as exc:  # noqa: BLE001 - isolate the write that broke the batch
             if len(batch) == 1:
                 _fail(batch[0], exc)
@@ -123,17 +128,27 @@ class Writer:
             for write in batch:
                 write.failed = False
                 try:
-                    await self._apply([write])
+                    await self._apply([write], exact=True)
                 except Exception as single_exc:  # noqa: BLE001
                     _fail(write, single_exc)
+                else:
+                    if write.future is not None and not write.future.done():
+                        write.future.set_result(not write.failed)
             return
         for write in batch:
             if write.future is not None and not write.future.done():
                 write.future.set_result(not write.failed)
 
-    async def _apply(self, batch: list[Write]) -> None:
+    async def _apply(self, batch: list[Write], exact: bool) -> None:
+        """Run a batch in one transaction.
+
+        Guards are first tried as one ``executemany`` (when the driver reports summed row
+        counts); if any guard missed, the transaction is rolled back and retried with every
+        guard executed alone, so exactly the losing writes are skipped.
+        """
         conn = self._conn
         assert conn is not None
+        multi_guards = not exact and conn.dialect.supports_sane_multi_rowcount
         groups = schedule(batch)
         try:
             async with conn.begin():
@@ -141,7 +156,12 @@ class Writer:
                     live = [(p, w) for p, w in group.items if not w.failed]
                     if not live:
                         continue
-                    if group.guard:
+                    if group.guard and multi_guards and len(live) > 1:
+                        result = await conn.execute(group.sql, [p for p, _ in live])
+                        self.statements += 1
+                        if result.rowcount != len(live):
+                            raise _GuardConflict()
+                    elif group.guard:
                         for params, write in live:
                             result = await conn.execute(group.sql, params)
                             self.statements += 1
@@ -158,6 +178,10 @@ class Writer:
             if conn.in_transaction():
                 await conn.rollback()
             raise
+
+
+class _GuardConflict(Exception):
+    """A folded guard statement touched fewer rows than it had writes."""
 
 
 def _fail(write: Write, exc: BaseException) -> None:
