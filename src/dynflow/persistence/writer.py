@@ -163,6 +163,8 @@ class Writer:
                             raise _GuardConflict()
                     elif group.guard:
                         for params, write in live:
+                            if write.failed:
+                                continue
                             result = await conn.execute(group.sql, params)
                             self.statements += 1
                             if result.rowcount == 0:

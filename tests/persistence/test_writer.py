@@ -1,0 +1,61 @@
+"""Group commit: guards, isolation of a failing write, folding of equal statements."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynflow.persistence.store import Store
+from dynflow.persistence.writer import Stmt, Write, schedule
+
+
+@pytest.fixture
+async def store(db_url):
+    s = Store(db_url)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_same_lock_claimed_twice_in_one_batch(store):
+    results = await asyncio.gather(
+        *[store.acquire_lock("TestLock", "lock-1", f"owner-{i}", {"i": i}) for i in range(5)]
+    )
+    assert sorted(results) == [False, False, False, False, True]
+    records = await store.find_records(cls="TestLock")
+    assert len(records) == 1
+
+
+async def test_failing_write_does_not_sink_the_batch(store):
+    good = [store.acquire_lock("TestLock", f"ok-{i}", "me", {}) for i in range(3)]
+    bad = store.write("x", [Stmt(store._insert_ignore.__class__, {})])  # not a statement
+    results = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert results[:3] == [True, True, True]
+    assert isinstance(results[3], Exception)
+    assert len(await store.find_records(cls="TestLock")) == 3
+
+
+async def test_guard_miss_skips_rest_of_its_write(store):
+    assert await store.acquire_lock("TestLock", "held", "a", {})
+    stmts = [
+        store.acquire_lock_stmt("TestLock", "held", "b", {}),
+        store.acquire_lock_stmt("TestLock", "after", "b", {}),
+    ]
+    assert await store.write("r", stmts) is False
+    assert await store.find_records(cls="TestLock", record_id="after") == []
+
+
+def test_schedule_keeps_order_per_resource_and_folds_across():
+    a, b = object(), object()
+    w1 = Write("p1", [Stmt(a, {"n": 1}), Stmt(b, {"n": 2})])
+    w2 = Write("p2", [Stmt(a, {"n": 3}), Stmt(b, {"n": 4})])
+    w3 = Write("p1", [Stmt(a, {"n": 5})])
+    groups = schedule([w1, w2, w3])
+    assert [(g.sql is a, [p["n"] for p, _ in g.items]) for g in groups] == [
+        (True, [1, 3]),
+        (False, [2, 4]),
+        (True, [5]),
+    ]

@@ -1,0 +1,136 @@
+"""Recovery of plans left behind by a world that died (spec §5.4), in one process.
+
+The crash is simulated by abandoning a world without any shutdown work: its tasks are cancelled,
+its store is closed, its world record and execution locks stay in the database. The SIGKILL
+test of a real process lives in test_crash_recovery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dynflow import Action, World
+from tests.support import dummy
+
+class Blocking(Action):
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+class SkipOnCrash(Action):
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def rescue_strategy_for_self(self) -> str:
+        return "skip"
+
+
+async def abandon(world: World) -> None:
+    """Drop a world as a SIGKILL would: nothing more reaches the database."""
+    world.store.writer._task.cancel()
+    for task in list(world.executor._tasks) + world._background:
+        task.cancel()
+    for run in world.executor.runs.values():
+        for handle in run.timers.values():
+            handle.cancel()
+    await asyncio.sleep(0)
+    if world.store.writer._conn is not None:
+        await world.store.writer._conn.close()
+    await world.store.engine.dispose()
+
+
+async def wait_state(world: World, plan_id: str, step_id: int, state: str) -> None:
+    for _ in range(500):
+        plan = await world.load_plan(plan_id)
+        if plan.steps[step_id].state == state:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"step {step_id} never reached {state}")
+
+
+def options(**extra: Any) -> dict[str, Any]:
+    return {"cleaner_interval": None, "termination_timeout": 2, **extra}
+
+
+async def test_recovery_after_crash(db_url):
+    first = World(db_url, **options())
+    await first.start()
+    running = await first.trigger(Blocking)
+    waiting = await first.trigger(dummy.Waiting)
+    ticking = await first.trigger(dummy.Ticking, delay=0.5)
+    skipped = await first.trigger(SkipOnCrash)
+    done = await first.trigger(dummy.Dummy)
+    await done.wait(5)
+    await wait_state(first, running.id, 2, "running")
+    await wait_state(first, skipped.id, 2, "running")
+    await wait_state(first, waiting.id, 2, "suspended")
+    await wait_state(first, ticking.id, 2, "suspended")
+    await abandon(first)
+    await asyncio.sleep(0.6)  # the tick falls due while no world runs
+
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        plan = await second.load_plan(running.id)
+        assert (plan.state, plan.result) == ("paused", "error")
+        assert plan.steps[2].error["message"] == "Abnormal termination (previous state: running)"
+        assert [h["name"] for h in plan.execution_history][-1] == "terminate execution"
+
+        plan = await second.load_plan(skipped.id)
+        for _ in range(200):
+            if plan.state == "stopped":
+                break
+            await asyncio.sleep(0.02)
+            plan = await second.load_plan(skipped.id)
+        assert (plan.state, plan.result) == ("stopped", "warning")
+
+        for _ in range(200):
+            plan = await second.load_plan(ticking.id)
+            if plan.state == "stopped":
+                break
+            await asyncio.sleep(0.02)
+        assert (plan.state, plan.result) == ("stopped", "success")
+        assert plan.actions[1].output["woken_by"] == "tick"
+
+        await wait_state(second, waiting.id, 2, "suspended")
+        await second.event(waiting.id, 2, {"finish": True})
+        for _ in range(200):
+            plan = await second.load_plan(waiting.id)
+            if plan.state == "stopped":
+                break
+            await asyncio.sleep(0.02)
+        assert (plan.state, plan.result) == ("stopped", "success")
+
+        plan = await second.load_plan(done.id)
+        assert (plan.state, plan.result) == ("stopped", "success")
+        assert await second.count_plans() == 5
+        assert await second.store.find_records(cls="ExecutionLock") == [] or all(
+            r["owner_id"] == second.id for r in await second.store.find_records(cls="ExecutionLock")
+        )
+    finally:
+        await second.stop()
+
+
+async def test_graceful_stop_parks_and_resumes(db_url):
+    first = World(db_url, **options())
+    await first.start()
+    waiting = await first.trigger(dummy.Waiting)
+    await wait_state(first, waiting.id, 2, "suspended")
+    await first.stop()
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        plan = await second.load_plan(waiting.id)
+        assert "terminate execution" in [h["name"] for h in plan.execution_history]
+        await wait_state(second, waiting.id, 2, "suspended")
+        assert second.is_running(waiting.id)
+        await second.event(waiting.id, 2, {"finish": True})
+        for _ in range(200):
+            plan = await second.load_plan(waiting.id)
+            if plan.state == "stopped":
+                break
+            await asyncio.sleep(0.02)
+        assert (plan.state, plan.result) == ("stopped", "success")
+    finally:
+        await second.stop()
