@@ -202,3 +202,38 @@ async def test_queries(world):
         await world.find_plans(filters={"bogus": 1})
     with pytest.raises(ValueError):
         await world.find_plans(order_by="uuid")
+
+
+async def test_events_sent_while_running_are_queued(world):
+    triggered = await world.trigger(dummy.SlowSuspend)
+    assert await wait_for(lambda: _is(world, triggered.id, 2, "running"))
+    await asyncio.gather(world.event(triggered.id, 2, "one"), world.event(triggered.id, 2, "last"))
+    done = await triggered.wait(5)
+    plan = await world.load_plan(done.id)
+    assert plan.actions[1].output["events"] == [None, "one", "last"]
+
+
+async def test_queued_events_dropped_when_step_finishes(world):
+    triggered = await world.trigger(dummy.SlowSuspend)
+    assert await wait_for(lambda: _is(world, triggered.id, 2, "running"))
+    results = await asyncio.gather(
+        world.event(triggered.id, 2, "last"),
+        world.event(triggered.id, 2, "too late"),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], EventRejected) and "dropped" in str(results[1])
+    await triggered.wait(5)
+
+
+async def test_filters_by_label_and_time_range(world):
+    first = await finish(world, dummy.Dummy)
+    second = await finish(world, dummy.FailingDummy)
+    assert [p.id for p in await world.find_plans(filters={"label": "tests.support.dummy.Dummy"})] == [
+        first.id
+    ]
+    after = await world.find_plans(filters={"started_at_from": second.started_at})
+    assert [p.id for p in after] == [second.id]
+    before = await world.find_plans(filters={"ended_at_to": first.ended_at})
+    assert first.id in [p.id for p in before] and second.id not in [p.id for p in before]
+    assert await world.count_plans({"result": ["error", "warning"]}) == 1

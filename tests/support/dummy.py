@@ -102,3 +102,18 @@ class FailRescue(Action):
 
     def rescue_strategy_for_planned_action(self, action: Action) -> str:
         return "fail"
+
+
+class SlowSuspend(Action):
+    """Takes a moment before suspending, so events sent meanwhile are queued."""
+
+    async def run(self, event: Any = None) -> None:
+        import asyncio
+
+        self.output.setdefault("events", []).append(event)
+        if event is None:
+            await asyncio.sleep(0.3)
+            self.suspend()
+        if event == "last":
+            return
+        self.suspend()
