@@ -528,7 +528,12 @@ class PlanRun:
         self.phase = "done"
         plan = self.plan
         plan.set_state(state, history=history, world_id=self.world.id)
+        stmts = []
+        if state == "stopped" or history != "terminate execution":
+            # A plan parked by a graceful shutdown keeps its timers for the next start.
+            stmts.append(self.store.delete_plan_events_stmt(plan.id))
         return [
+            *stmts,
             self.store.update_plan_stmt(plan),
             self.store.release_lock_stmt(
                 EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id

@@ -95,6 +95,9 @@ UPDATE_ACTION = (
     .values(output=bindparam("output"))
 )
 DELETE_EVENT = delete(planned_events).where(planned_events.c.id == bindparam("b_id"))
+DELETE_PLAN_EVENTS = delete(planned_events).where(
+    planned_events.c.execution_plan_uuid == bindparam("b_uuid")
+)
 DELETE_LOCK = delete(coordinator_records).where(
     coordinator_records.c.id == bindparam("b_id"),
     coordinator_records.c["class"] == bindparam("b_class"),
@@ -348,6 +351,11 @@ class Store:
     @staticmethod
     def delete_event_stmt(event_id: str) -> Stmt:
         return Stmt(DELETE_EVENT, {"b_id": event_id})
+
+    @staticmethod
+    def delete_plan_events_stmt(plan_id: str) -> Stmt:
+        """Forget every planned event of a plan that stops executing (paused or stopped)."""
+        return Stmt(DELETE_PLAN_EVENTS, {"b_uuid": plan_id})
 
     def acquire_lock_stmt(self, cls: str, lock_id: str, owner: str, data: dict[str, Any]) -> Stmt:
         return Stmt(
