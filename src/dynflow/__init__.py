@@ -34,3 +34,13 @@ __all__ = [
 from .world import PlanningFailed, Triggered, World, WorldConfig  # noqa: E402
 
 __all__ += ["PlanningFailed", "Triggered", "World", "WorldConfig"]
+
+from .cancellable import Cancellable  # noqa: E402
+from .polling import Polling  # noqa: E402
+from .timeouts import Timeouts  # noqa: E402
+
+__all__ += ["Cancellable", "Polling", "Timeouts"]
+
+from .sub_plans import WithSubPlans  # noqa: E402
+
+__all__ += ["WithSubPlans"]

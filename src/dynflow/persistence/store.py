@@ -644,9 +644,21 @@ class Store:
         self, states: Sequence[str], ended_before: datetime, limit: int = 1000
     ) -> list[str]:
         column = execution_plans.c.ended_at
+        parent = execution_plans.alias("parent")
+        parent_active = (
+            select(actions.c.id)
+            .join(parent, parent.c.uuid == actions.c.caller_execution_plan_id)
+            .where(
+                actions.c.execution_plan_uuid == execution_plans.c.uuid,
+                actions.c.id == 1,
+                parent.c.state != "stopped",
+            )
+            .exists()
+        )
         query = (
             select(execution_plans.c.uuid)
             .where(execution_plans.c.state.in_(list(states)))
+            .where(~parent_active)
             .where(
                 (column <= ended_before)
                 | (column.is_(None) & (execution_plans.c.started_at <= ended_before))
