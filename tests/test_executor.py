@@ -84,7 +84,10 @@ async def test_resume_after_fix(world):
     plan = await world.load_plan(done.id)
     assert (plan.state, plan.result) == ("stopped", "success")
     assert [h["name"] for h in plan.execution_history] == [
-        "start execution", "pause execution", "start execution", "finish execution",
+        "start execution",
+        "pause execution",
+        "start execution",
+        "finish execution",
     ]
 
 
@@ -229,9 +232,9 @@ async def test_queued_events_dropped_when_step_finishes(world):
 async def test_filters_by_label_and_time_range(world):
     first = await finish(world, dummy.Dummy)
     second = await finish(world, dummy.FailingDummy)
-    assert [p.id for p in await world.find_plans(filters={"label": "tests.support.dummy.Dummy"})] == [
-        first.id
-    ]
+    assert [
+        p.id for p in await world.find_plans(filters={"label": "tests.support.dummy.Dummy"})
+    ] == [first.id]
     after = await world.find_plans(filters={"started_at_from": second.started_at})
     assert [p.id for p in after] == [second.id]
     before = await world.find_plans(filters={"ended_at_to": first.ended_at})

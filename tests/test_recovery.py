@@ -13,6 +13,7 @@ from typing import Any
 from dynflow import Action, World
 from tests.support import dummy
 
+
 class Blocking(Action):
     async def run(self) -> None:
         await asyncio.Event().wait()

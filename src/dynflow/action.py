@@ -1,8 +1,8 @@
 """Actions: the unit of work a plugin author writes (spec §1.2).
 
 An ``Action`` subclass defines ``plan(...)`` and optionally ``run(event=None)`` and ``finalize()``.
-``run`` and ``finalize`` may be ``async def`` (they run on the event loop) or plain ``def`` (they run
-in the queue's bounded thread pool).
+``run`` and ``finalize`` may be ``async def`` (they run on the event loop) or plain ``def``
+(they run in the queue's bounded thread pool).
 """
 
 from __future__ import annotations
@@ -256,7 +256,9 @@ class Action:
 
     def _require_phase(self, *phases: str) -> None:
         if self.phase not in phases:
-            raise PlanningError(f"only allowed in the {' or '.join(phases)} phase, not {self.phase}")
+            raise PlanningError(
+                f"only allowed in the {' or '.join(phases)} phase, not {self.phase}"
+            )
 
     def plan_self(self, input: dict[str, Any] | None = None, /, **values: Any) -> Action:
         """Merge values into the input and schedule this action's run and finalize steps."""
@@ -271,7 +273,7 @@ class Action:
         return self
 
     def plan_action(self, action_class: type[Action], *args: Any, **kwargs: Any) -> Action:
-        """Plan a child action now (depth first) and return it; its ``output[...]`` is a reference."""
+        """Plan a child action now (depth first); its ``output[...]`` is a reference."""
         self._require_phase("plan")
         assert self.execution_plan is not None
         return self.execution_plan._plan_child(self, action_class, args, kwargs)
@@ -341,17 +343,26 @@ class Action:
             raise PlanningError(f"{self.name()} has no run step to send an event to")
         self._planned_events.append(
             PlannedEvent(
-                execution_plan_id or self.execution_plan_id, target_step, event, delay_seconds,
+                execution_plan_id or self.execution_plan_id,
+                target_step,
+                event,
+                delay_seconds,
                 optional,
             )
         )
 
-    def output_chunk(self, chunk: Any, kind: str | None = None, timestamp: float | None = None) -> None:
+    def output_chunk(
+        self, chunk: Any, kind: str | None = None, timestamp: float | None = None
+    ) -> None:
         """Append a piece of incremental output, stored when the step execution is saved."""
         import time
 
         self._chunks.append(
-            {"chunk": chunk, "kind": kind, "timestamp": time.time() if timestamp is None else timestamp}
+            {
+                "chunk": chunk,
+                "kind": kind,
+                "timestamp": time.time() if timestamp is None else timestamp,
+            }
         )
 
     def run_progress(self) -> float:

@@ -1,4 +1,4 @@
-"""Execution plans: the persisted graph of steps produced by planning one root action (§1.3, §2, §3.1)."""
+"""Execution plans: the persisted graph of steps from planning one root action (§1.3, §2, §3.1)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,9 @@ class ExecutionPlan:
     def add_history(self, name: str, world_id: str | None = None) -> None:
         if world_id is None and self.world is not None:
             world_id = self.world.id
-        self.execution_history.append({"time": int(time.time()), "name": name, "world_id": world_id})
+        self.execution_history.append(
+            {"time": int(time.time()), "name": name, "world_id": world_id}
+        )
 
     # ---- queries over the plan ---------------------------------------------------------------
     def root_action(self) -> Action | None:
@@ -218,7 +220,10 @@ class ExecutionPlan:
         self.set_state("stopped" if failed else "planned", world_id=world_id)
 
     def _add_plan_step(
-        self, action_class: type[Action], caller: Action | None, external_caller: Action | None = None
+        self,
+        action_class: type[Action],
+        caller: Action | None,
+        external_caller: Action | None = None,
     ) -> Action:
         step_id = self._take_step_id()
         action_id = self._next_action_id
@@ -250,7 +255,9 @@ class ExecutionPlan:
         self.step_ids.append(step_id)
         return step_id
 
-    def _execute_plan_step(self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _execute_plan_step(
+        self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         step = self.steps[action.plan_step_id]
         step.set_state("running")
         started = time.monotonic()
@@ -262,7 +269,9 @@ class ExecutionPlan:
                 dumps(encode_refs(action.input))
             except NotSerializable as exc:
                 action.input = {"not_serializable": True}
-                raise NotSerializable(f"input of {action.name()} is not serialisable: {exc}") from exc
+                raise NotSerializable(
+                    f"input of {action.name()} is not serialisable: {exc}"
+                ) from exc
             step.set_state("success")
         except _ChildPlanningFailed as exc:
             step.error = exc.error
@@ -294,7 +303,11 @@ class ExecutionPlan:
         call(0, args, kwargs)
 
     def _plan_child(
-        self, caller: Action, action_class: type[Action], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        caller: Action,
+        action_class: type[Action],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Action:
         action = self._add_plan_step(action_class, caller)
         self._execute_plan_step(action, args, kwargs)

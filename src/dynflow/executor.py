@@ -99,13 +99,15 @@ class PlanRun:
         self.phase = "run"
         self.halting = False
 
-    # ---- the cursor -----------------------------------------------------------------------------
+    # ---- the cursor ------------------------------------------------------------------------------
     def start(self, planned_events: list[dict[str, Any]] | None = None) -> None:
         for step in self.plan.steps.values():
             if isinstance(step, RunStep) and step.state in ("success", "skipped"):
                 self.outcome[step.id] = "done"
         for row in planned_events or []:
-            self._arm_timer(row["id"], row["step_id"], row["event"], row["deliver_at"], row["optional"])
+            self._arm_timer(
+                row["id"], row["step_id"], row["event"], row["deliver_at"], row["optional"]
+            )
         self.advance()
 
     def _status(self, node: flows.Flow, ready: list[int]) -> str:
@@ -219,6 +221,7 @@ class PlanRun:
         run = action.run  # type: ignore[attr-defined]
         accepts_event = type(action).run_accepts_event()
         try:
+
             async def invoke(ev: Any) -> None:
                 args = (ev,) if accepts_event else ()
                 if inspect.iscoroutinefunction(run):
@@ -287,7 +290,12 @@ class PlanRun:
             if pe.execution_plan_id == self.plan.id:
                 stmts.append(
                     self.store.insert_event_stmt(
-                        event_id, pe.execution_plan_id, pe.step_id, pe.event, deliver_at, pe.optional
+                        event_id,
+                        pe.execution_plan_id,
+                        pe.step_id,
+                        pe.event,
+                        deliver_at,
+                        pe.optional,
                     )
                 )
             kept.append((event_id, pe, deliver_at))
@@ -385,7 +393,7 @@ class PlanRun:
         self.queued.pop(step.id, None)
         self.advance()
 
-    # ---- events ------------------------------------------------------------------------------------
+    # ---- events ----------------------------------------------------------------------------------
     def deliver(
         self,
         step_id: int,
@@ -430,7 +438,7 @@ class PlanRun:
             self.deliver(step.id, ABORT if force else CANCEL, None)
         return len(steps)
 
-    # ---- end of the run phase, finalize, end ---------------------------------------------------
+    # ---- end of the run phase, finalize, end -----------------------------------------------------
     async def _finish_run_phase(self, failed: bool) -> None:
         try:
             if failed:

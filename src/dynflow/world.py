@@ -120,7 +120,11 @@ class World:
         await self.store.start()
         await self.store.write(
             f"world:{self.id}",
-            [self.store.acquire_lock_stmt(WORLD_RECORD, self.id, f"world:{self.id}", self._record())],
+            [
+                self.store.acquire_lock_stmt(
+                    WORLD_RECORD, self.id, f"world:{self.id}", self._record()
+                )
+            ],
         )
         self._started = True
         if self.config.auto_recover:
@@ -187,14 +191,18 @@ class World:
     async def run_hooks(self, plan: ExecutionPlan, state: str) -> None:
         kinds = [state]
         if state == "stopped":
-            kinds.append("failure" if plan.result in ("error", "warning", "cancelled") else "success")
+            kinds.append(
+                "failure" if plan.result in ("error", "warning", "cancelled") else "success"
+            )
         for action in list(plan.actions.values()):
             hooks = getattr(type(action), "execution_plan_hooks", None) or {}
             for kind in kinds:
                 for method_name in hooks.get(kind, ()):
                     await self._run_hook(action, method_name, plan, kind)
 
-    async def _run_hook(self, action: Action, method_name: str, plan: ExecutionPlan, kind: str) -> None:
+    async def _run_hook(
+        self, action: Action, method_name: str, plan: ExecutionPlan, kind: str
+    ) -> None:
         async def final(p: ExecutionPlan, k: str) -> None:
             method = getattr(action, method_name)
             result = method(p)
@@ -296,7 +304,9 @@ class World:
         lock_id = f"execution-plan:{plan.id}"
         stmts.append(
             self.store.acquire_lock_stmt(
-                EXECUTION_LOCK, lock_id, self.id,
+                EXECUTION_LOCK,
+                lock_id,
+                self.id,
                 {"world_id": self.id, "execution_plan_id": plan.id},
             )
         )

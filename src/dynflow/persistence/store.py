@@ -1,4 +1,4 @@
-"""The store: SQLAlchemy (async) on SQLite or PostgreSQL, migrated at start, written by group commit.
+"""The store: SQLAlchemy (async) on SQLite or PostgreSQL, migrated at start, group-committed.
 
 Reads use the connection pool; every write goes through the ``Writer`` so that concurrent plans
 share transactions. Nothing here reads a row before writing it, and changing one step writes one
@@ -39,8 +39,16 @@ log = logging.getLogger("dynflow.persistence")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 PLAN_FILTER_COLUMNS = {
-    "label", "state", "result", "started_at", "ended_at", "real_time", "execution_time",
-    "root_plan_step_id", "class", "uuid",
+    "label",
+    "state",
+    "result",
+    "started_at",
+    "ended_at",
+    "real_time",
+    "execution_time",
+    "root_plan_step_id",
+    "class",
+    "uuid",
 }
 ORDER_COLUMNS = PLAN_FILTER_COLUMNS - {"uuid"}
 
@@ -89,9 +97,7 @@ GUARDED_STEP = (
 )
 UPDATE_ACTION = (
     update(actions)
-    .where(
-        actions.c.execution_plan_uuid == bindparam("b_uuid"), actions.c.id == bindparam("b_id")
-    )
+    .where(actions.c.execution_plan_uuid == bindparam("b_uuid"), actions.c.id == bindparam("b_id"))
     .values(output=bindparam("output"))
 )
 DELETE_EVENT = delete(planned_events).where(planned_events.c.id == bindparam("b_id"))
@@ -317,7 +323,9 @@ class Store:
         )
 
     @staticmethod
-    def insert_chunk_stmts(plan_id: str, action_id: int, chunks: list[dict[str, Any]]) -> list[Stmt]:
+    def insert_chunk_stmts(
+        plan_id: str, action_id: int, chunks: list[dict[str, Any]]
+    ) -> list[Stmt]:
         return [
             Stmt(
                 INSERT_CHUNK,
@@ -531,7 +539,9 @@ class Store:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def plan_statuses(self, filters: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    async def plan_statuses(
+        self, filters: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
         if filters is not None and not filters:
             return {}
         query = self._filtered(
@@ -580,7 +590,7 @@ class Store:
         )
         await self.write(plan_id, [Stmt(stmt, {})])
 
-    # ---- planned events -----------------------------------------------------------------------------
+    # ---- planned events --------------------------------------------------------------------------
     async def planned_events_of(self, plan_id: str) -> list[dict[str, Any]]:
         query = (
             select(planned_events)
@@ -601,7 +611,7 @@ class Store:
             for r in rows
         ]
 
-    # ---- coordinator records -------------------------------------------------------------------------
+    # ---- coordinator records ---------------------------------------------------------------------
     async def find_records(
         self, cls: str | None = None, owner: str | None = None, record_id: str | None = None
     ) -> list[dict[str, Any]]:
@@ -615,7 +625,12 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            {"id": r.id, "class": r._mapping["class"], "owner_id": r.owner_id, "data": loads(r.data)}
+            {
+                "id": r.id,
+                "class": r._mapping["class"],
+                "owner_id": r.owner_id,
+                "data": loads(r.data),
+            }
             for r in rows
         ]
 
@@ -625,7 +640,7 @@ class Store:
     async def release_lock(self, cls: str, lock_id: str, owner: str | None = None) -> None:
         await self.write(lock_id, [self.release_lock_stmt(cls, lock_id, owner)])
 
-    # ---- deletion (cleaner) -----------------------------------------------------------------------------
+    # ---- deletion (cleaner) ----------------------------------------------------------------------
     async def delete_plans(self, plan_ids: Sequence[str]) -> int:
         if not plan_ids:
             return 0
@@ -689,4 +704,3 @@ def _action_state(plan: ExecutionPlan, action: Action) -> str | None:
             if state != "pending" or step_id == action.plan_step_id:
                 return state
     return None
-

@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.Column("step_ids", sa.Text),
         sa.Column("root_plan_step_id", sa.Integer),
     )
-    op.create_index("ix_dynflow_execution_plans_started_at", "dynflow_execution_plans", ["started_at"])
+    op.create_index(
+        "ix_dynflow_execution_plans_started_at", "dynflow_execution_plans", ["started_at"]
+    )
     op.create_index("ix_dynflow_execution_plans_ended_at", "dynflow_execution_plans", ["ended_at"])
     op.create_index("ix_dynflow_execution_plans_label", "dynflow_execution_plans", ["label"])
     op.create_index(
@@ -54,7 +56,9 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        "dynflow_actions_caller", "dynflow_actions", ["caller_execution_plan_id", "caller_action_id"]
+        "dynflow_actions_caller",
+        "dynflow_actions",
+        ["caller_execution_plan_id", "caller_action_id"],
     )
     op.create_table(
         "dynflow_steps",
@@ -94,7 +98,9 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        "dynflow_output_chunks_action", "dynflow_output_chunks", ["execution_plan_uuid", "action_id"]
+        "dynflow_output_chunks_action",
+        "dynflow_output_chunks",
+        ["execution_plan_uuid", "action_id"],
     )
     op.create_table(
         "dynflow_planned_events",
