@@ -240,3 +240,25 @@ async def test_filters_by_label_and_time_range(world):
     before = await world.find_plans(filters={"ended_at_to": first.ended_at})
     assert first.id in [p.id for p in before] and second.id not in [p.id for p in before]
     assert await world.count_plans({"result": ["error", "warning"]}) == 1
+
+
+async def test_in_memory_database_with_concurrent_reads():
+    from dynflow import World
+
+    async with World("sqlite+aiosqlite://", cleaner_interval=None) as world:
+        triggered = [await world.trigger(dummy.Waiting) for _ in range(20)]
+        for t in triggered:
+            assert await wait_for(lambda t=t: _is(world, t.id, 2, "suspended"))
+
+        async def reader():
+            for _ in range(20):
+                await world.find_plans()
+
+        await asyncio.gather(
+            reader(), *[world.event(t.id, 2, {"finish": True}) for t in triggered], reader()
+        )
+        for t in triggered:
+            await t.wait(5)
+        states = await world.plan_statuses({"uuid": [t.id for t in triggered]})
+        assert {v["state"] for v in states.values()} == {"stopped"}
+        assert {v["result"] for v in states.values()} == {"success"}

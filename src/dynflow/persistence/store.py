@@ -7,9 +7,11 @@ step row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -213,7 +215,10 @@ class Store:
         self.dialect = self.url.get_backend_name()
         self.sqlite_synchronous = sqlite_synchronous
         self.engine: AsyncEngine = self._create_engine(pool_size)
-        self.writer = Writer(self.engine)
+        # An in-memory database is one shared connection: readers must not interleave with (and
+        # roll back) the writer's open transaction, so both take turns on this lock.
+        self._shared_lock: asyncio.Lock | None = asyncio.Lock() if self.memory else None
+        self.writer = Writer(self.engine, lock=self._shared_lock)
         self._insert_ignore = self._make_insert_ignore()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -256,6 +261,15 @@ class Store:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(coordinator_records).on_conflict_do_nothing()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._shared_lock is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        async with self._shared_lock, self.engine.connect() as conn:
+            yield conn
 
     @property
     def memory(self) -> bool:
@@ -441,7 +455,7 @@ class Store:
     async def load_plan(
         self, plan_id: str, world: Any = None, *, with_steps: bool = True, with_actions: bool = True
     ) -> ExecutionPlan | None:
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(select(execution_plans).where(execution_plans.c.uuid == plan_id))
             ).first()
@@ -530,13 +544,13 @@ class Store:
             raise ValueError("page requires per_page")
         if per_page is not None:
             query = query.limit(per_page).offset((page or 0) * per_page)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [self._plan_from_row(r, world) for r in rows]
 
     async def count_plans(self, filters: dict[str, Any] | None = None) -> int:
         query = self._filtered(select(func.count()).select_from(execution_plans), filters)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def plan_statuses(
@@ -548,17 +562,17 @@ class Store:
             select(execution_plans.c.uuid, execution_plans.c.state, execution_plans.c.result),
             filters,
         )
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.uuid: {"state": r.state, "result": r.result} for r in rows}
 
     async def count_by_state(self) -> dict[str, int]:
         query = select(execution_plans.c.state, func.count()).group_by(execution_plans.c.state)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             return {state: int(n) for state, n in (await conn.execute(query)).all()}
 
     async def load_actions(self, plan_id: str, world: Any = None) -> list[Action]:
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (
                 await conn.execute(
                     select(actions)
@@ -577,7 +591,7 @@ class Store:
             )
             .order_by(output_chunks.c.id)
         )
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {"id": r.id, "timestamp": r.timestamp, "kind": r.kind, "chunk": loads(r.chunk)}
@@ -597,7 +611,7 @@ class Store:
             .where(planned_events.c.execution_plan_uuid == plan_id)
             .order_by(planned_events.c.deliver_at)
         )
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {
@@ -622,7 +636,7 @@ class Store:
             query = query.where(coordinator_records.c.owner_id == owner)
         if record_id is not None:
             query = query.where(coordinator_records.c.id == record_id)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {
@@ -680,7 +694,7 @@ class Store:
             )
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             return [r.uuid for r in (await conn.execute(query)).all()]
 
     async def find_paused_errored_before(self, before: datetime, limit: int = 1000) -> list[str]:
@@ -690,7 +704,7 @@ class Store:
             .where(execution_plans.c.started_at <= before)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             return [r.uuid for r in (await conn.execute(query)).all()]
 
     async def connection(self) -> AsyncConnection:

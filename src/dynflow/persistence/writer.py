@@ -68,8 +68,11 @@ def schedule(writes: Sequence[Write]) -> list[_Group]:
 
 
 class Writer:
-    def __init__(self, engine: AsyncEngine, max_batch: int = 2000) -> None:
+    def __init__(
+        self, engine: AsyncEngine, max_batch: int = 2000, lock: asyncio.Lock | None = None
+    ) -> None:
         self.engine = engine
+        self.lock = lock
         self.max_batch = max_batch
         self.transactions = 0
         self.statements = 0
@@ -150,6 +153,15 @@ class Writer:
         assert conn is not None
         multi_guards = not exact and conn.dialect.supports_sane_multi_rowcount
         groups = schedule(batch)
+        if self.lock is None:
+            await self._transaction(conn, groups, multi_guards)
+            return
+        async with self.lock:
+            await self._transaction(conn, groups, multi_guards)
+
+    async def _transaction(
+        self, conn: AsyncConnection, groups: list[_Group], multi_guards: bool
+    ) -> None:
         try:
             async with conn.begin():
                 for group in groups:
