@@ -9,23 +9,13 @@ import pytest
 from dynflow import EventRejected, ExecutionRejected
 from tests.support import dummy
 from tests.support.code_workflow import ISSUES, IncomingIssues
+from tests.support.waiting import wait_for
 
 
 async def finish(world, action_class, *args, timeout=10, **kwargs):
     triggered = await world.trigger(action_class, *args, **kwargs)
     plan = await triggered.wait(timeout)
     return await world.load_plan(plan.id)
-
-
-async def wait_for(predicate, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def step_state(world, plan_id, step_id):

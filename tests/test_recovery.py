@@ -12,6 +12,7 @@ from typing import Any
 
 from dynflow import Action, World
 from tests.support import dummy
+from tests.support.waiting import wait_plan_state, wait_step_state
 
 
 class Blocking(Action):
@@ -41,15 +42,6 @@ async def abandon(world: World) -> None:
     await world.store.engine.dispose()
 
 
-async def wait_state(world: World, plan_id: str, step_id: int, state: str) -> None:
-    for _ in range(500):
-        plan = await world.load_plan(plan_id)
-        if plan.steps[step_id].state == state:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"step {step_id} never reached {state}")
-
-
 def options(**extra: Any) -> dict[str, Any]:
     return {"cleaner_interval": None, "termination_timeout": 2, **extra}
 
@@ -63,10 +55,10 @@ async def test_recovery_after_crash(db_url):
     skipped = await first.trigger(SkipOnCrash)
     done = await first.trigger(dummy.Dummy)
     await done.wait(5)
-    await wait_state(first, running.id, 2, "running")
-    await wait_state(first, skipped.id, 2, "running")
-    await wait_state(first, waiting.id, 2, "suspended")
-    await wait_state(first, ticking.id, 2, "suspended")
+    await wait_step_state(first, running.id, 2, "running")
+    await wait_step_state(first, skipped.id, 2, "running")
+    await wait_step_state(first, waiting.id, 2, "suspended")
+    await wait_step_state(first, ticking.id, 2, "suspended")
     await abandon(first)
     await asyncio.sleep(0.6)  # the tick falls due while no world runs
 
@@ -78,29 +70,16 @@ async def test_recovery_after_crash(db_url):
         assert plan.steps[2].error["message"] == "Abnormal termination (previous state: running)"
         assert [h["name"] for h in plan.execution_history][-1] == "terminate execution"
 
-        plan = await second.load_plan(skipped.id)
-        for _ in range(200):
-            if plan.state == "stopped":
-                break
-            await asyncio.sleep(0.02)
-            plan = await second.load_plan(skipped.id)
+        plan = await wait_plan_state(second, skipped.id)
         assert (plan.state, plan.result) == ("stopped", "warning")
 
-        for _ in range(200):
-            plan = await second.load_plan(ticking.id)
-            if plan.state == "stopped":
-                break
-            await asyncio.sleep(0.02)
+        plan = await wait_plan_state(second, ticking.id)
         assert (plan.state, plan.result) == ("stopped", "success")
         assert plan.actions[1].output["woken_by"] == "tick"
 
-        await wait_state(second, waiting.id, 2, "suspended")
+        await wait_step_state(second, waiting.id, 2, "suspended")
         await second.event(waiting.id, 2, {"finish": True})
-        for _ in range(200):
-            plan = await second.load_plan(waiting.id)
-            if plan.state == "stopped":
-                break
-            await asyncio.sleep(0.02)
+        plan = await wait_plan_state(second, waiting.id)
         assert (plan.state, plan.result) == ("stopped", "success")
 
         plan = await second.load_plan(done.id)
@@ -117,21 +96,17 @@ async def test_graceful_stop_parks_and_resumes(db_url):
     first = World(db_url, **options())
     await first.start()
     waiting = await first.trigger(dummy.Waiting)
-    await wait_state(first, waiting.id, 2, "suspended")
+    await wait_step_state(first, waiting.id, 2, "suspended")
     await first.stop()
     second = World(db_url, **options())
     await second.start()
     try:
         plan = await second.load_plan(waiting.id)
         assert "terminate execution" in [h["name"] for h in plan.execution_history]
-        await wait_state(second, waiting.id, 2, "suspended")
+        await wait_step_state(second, waiting.id, 2, "suspended")
         assert second.is_running(waiting.id)
         await second.event(waiting.id, 2, {"finish": True})
-        for _ in range(200):
-            plan = await second.load_plan(waiting.id)
-            if plan.state == "stopped":
-                break
-            await asyncio.sleep(0.02)
+        plan = await wait_plan_state(second, waiting.id)
         assert (plan.state, plan.result) == ("stopped", "success")
     finally:
         await second.stop()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from dynflow import ABORT, CANCEL, Action, WithSubPlans, World
 from dynflow.sub_plans import PING
+from tests.support.waiting import wait_for
 
 POLL = 0.05
 
@@ -18,17 +19,6 @@ async def finish(
     triggered = await world.trigger(action_class, *args, **kw)
     plan = await triggered.wait(timeout)
     return await world.load_plan(plan.id)
-
-
-async def wait_for(predicate, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # ---- children ------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dynflow import TIMEOUT, Cancellable, Polling, Timeouts
+from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the tests
 
 SERVICES: dict[str, ExternalService] = {}
 
@@ -231,17 +231,6 @@ class AsyncCleanupOnTimeout(Timeouts):
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def wait_for_state(world: Any, plan_id: str, step_id: int, state: str) -> None:
