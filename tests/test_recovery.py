@@ -110,3 +110,22 @@ async def test_graceful_stop_parks_and_resumes(db_url):
         assert (plan.state, plan.result) == ("stopped", "success")
     finally:
         await second.stop()
+
+
+async def test_auto_execute_runs_planned_plans(db_url):
+    first = World(db_url, **options(auto_execute=False))
+    await first.start()
+    planned = await first.plan(dummy.Dummy)
+    failed = await (await first.trigger(dummy.FailingDummy)).wait(5)
+    await first.stop()
+    assert planned.state == "planned"
+
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        plan = await wait_plan_state(second, planned.id)
+        assert plan.result == "success"
+        untouched = await second.load_plan(failed.id)
+        assert (untouched.state, untouched.result) == ("paused", "error")
+    finally:
+        await second.stop()
