@@ -252,3 +252,17 @@ async def test_in_memory_database_with_concurrent_reads():
         states = await world.plan_statuses({"uuid": [t.id for t in triggered]})
         assert {v["state"] for v in states.values()} == {"stopped"}
         assert {v["result"] for v in states.values()} == {"success"}
+
+
+async def test_named_queue_with_its_own_pool(db_url):
+    from dynflow import World
+
+    dummy.SLOW_RUNNING.update(now=0, peak=0)
+    async with World(db_url, cleaner_interval=None, queues={"slow": 1}) as world:
+        triggered = [await world.trigger(dummy.OnSlowQueue) for _ in range(4)]
+        plans = [await world.load_plan((await t.wait(10)).id) for t in triggered]
+        assert world.execution_status()["slow"]["pool_size"] == 1
+    assert dummy.SLOW_RUNNING["peak"] == 1
+    assert all(p.result == "success" for p in plans)
+    assert {p.steps[2].queue for p in plans} == {"slow"}
+    assert all(p.actions[1].output["thread"].startswith("dynflow-slow") for p in plans)

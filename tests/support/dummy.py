@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from dynflow import CANCEL, Action
@@ -117,3 +118,25 @@ class SlowSuspend(Action):
         if event == "last":
             return
         self.suspend()
+
+
+SLOW_RUNNING: dict[str, int] = {"now": 0, "peak": 0}
+
+
+class OnSlowQueue(Action):
+    """A blocking step on the ``slow`` queue; records how many ran at once."""
+
+    queue = "slow"
+
+    def run(self) -> None:
+        import time
+
+        with _slow_lock:
+            SLOW_RUNNING["now"] += 1
+            SLOW_RUNNING["peak"] = max(SLOW_RUNNING["peak"], SLOW_RUNNING["now"])
+        time.sleep(0.05)
+        with _slow_lock:
+            SLOW_RUNNING["now"] -= 1
+        self.output["thread"] = threading.current_thread().name
+
+_slow_lock = threading.Lock()
