@@ -423,6 +423,7 @@ class Action:
 
     @property
     def is_root(self) -> bool:
+        """No caller, or a caller in another plan (the root of a sub-plan)."""
         return self.caller_action_id is None or self.caller_execution_plan_id is not None
 
     def __repr__(self) -> str:

@@ -156,9 +156,6 @@ class ExecutionPlan:
             done += step.progress_done * step.progress_weight
         return 1.0 if total == 0 else done / total
 
-    def entry_action(self) -> Action | None:
-        return self.root_action()
-
     def rescue_strategy(self) -> str:
         root = self.root_action()
         strategy = root.rescue_strategy() if root is not None else None

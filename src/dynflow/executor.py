@@ -98,6 +98,7 @@ class PlanRun:
         self.rescued: set[int] = set()
         self.phase = "run"
         self.halting = False
+        self._finalize_stmts: list[Stmt] = []
 
     # ---- the cursor ------------------------------------------------------------------------------
     def start(self, planned_events: list[dict[str, Any]] | None = None) -> None:
@@ -335,11 +336,14 @@ class PlanRun:
 
         self.timers[event_id] = loop.call_later(delay, fire)
 
+    def _has_finalize(self) -> bool:
+        return any(True for _ in self.plan.finalize_flow.step_ids())
+
     def _ends_plan(self, step: Step) -> bool:
         """Would this step, finishing now with success, end a plan that has no finalize phase?"""
         if step.state != "success" or self.queued.get(step.id) or self.halting:
             return False
-        if any(True for _ in self.plan.finalize_flow.step_ids()):
+        if self._has_finalize():
             return False
         self.outcome[step.id] = "done"
         ready: list[int] = []
@@ -444,7 +448,7 @@ class PlanRun:
             if failed:
                 await self._handle_failure()
                 return
-            if any(True for _ in self.plan.finalize_flow.step_ids()):
+            if self._has_finalize():
                 self.phase = "finalize"
                 ok = await self._run_finalize()
                 if not ok:
@@ -537,7 +541,7 @@ class PlanRun:
         plan = self.plan
         plan.set_state(state, history=history, world_id=self.world.id)
         stmts = []
-        if state == "stopped" or history != "terminate execution":
+        if history != "terminate execution":
             # A plan parked by a graceful shutdown keeps its timers for the next start.
             stmts.append(self.store.delete_plan_events_stmt(plan.id))
         return [
@@ -549,7 +553,7 @@ class PlanRun:
         ]
 
     async def _end(self, state: str, history: str | None = None) -> None:
-        stmts = list(getattr(self, "_finalize_stmts", []))
+        stmts = list(self._finalize_stmts)
         stmts.extend(self._end_stmts(state, history))
         await self.store.write(self.plan.id, stmts)
         await self._after_end(state)
@@ -557,7 +561,6 @@ class PlanRun:
     async def _after_end(self, state: str) -> None:
         plan = self.plan
         self.executor.forget(self)
-        self.world.telemetry_plan_finished(plan)
         await self.world.run_hooks(plan, state)
         if not self.future.done():
             self.future.set_result(plan)

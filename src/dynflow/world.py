@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import recovery
-from .action import Action, encode_refs, referenced_steps
+from .action import Action, referenced_steps
 from .cleaner import Cleaner
 from .errors import EventRejected, ExecutionRejected, PlanNotFound
 from .execution_plan import ExecutionPlan
@@ -26,7 +26,6 @@ from .executor import EXECUTION_LOCK, Executor
 from .middleware import Middleware, class_middleware, hook_chain
 from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
-from .step import FinalizeStep, RunStep
 
 log = logging.getLogger("dynflow")
 WORLD_RECORD = "ExecutorWorld"
@@ -106,7 +105,6 @@ class World:
         self._background: list[asyncio.Task[Any]] = []
         self._started = False
         self.cleaner = Cleaner(self)
-        self.finished_plans = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> World:
@@ -213,10 +211,6 @@ class World:
             await hook_chain(self.middleware_for(type(action)), action, final, plan, kind)
         except Exception:  # noqa: BLE001 - a hook never changes the plan's fate
             log.exception("hook %s of %s on %s failed", method_name, action.name(), kind)
-
-    def telemetry_plan_finished(self, plan: ExecutionPlan) -> None:
-        if plan.state == "stopped":
-            self.finished_plans += 1
 
     # ---- planning and execution -------------------------------------------------------------
     def _plan_in_memory(
@@ -452,15 +446,3 @@ class World:
 
     def is_running(self, plan_id: str) -> bool:
         return plan_id in self.executor.runs
-
-
-__all__ = [
-    "DEFAULT_DB_URL",
-    "FinalizeStep",
-    "PlanningFailed",
-    "RunStep",
-    "Triggered",
-    "World",
-    "WorldConfig",
-    "encode_refs",
-]

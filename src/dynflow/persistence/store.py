@@ -566,11 +566,6 @@ class Store:
             rows = (await conn.execute(query)).all()
         return {r.uuid: {"state": r.state, "result": r.result} for r in rows}
 
-    async def count_by_state(self) -> dict[str, int]:
-        query = select(execution_plans.c.state, func.count()).group_by(execution_plans.c.state)
-        async with self._read() as conn:
-            return {state: int(n) for state, n in (await conn.execute(query)).all()}
-
     async def load_actions(self, plan_id: str, world: Any = None) -> list[Action]:
         async with self._read() as conn:
             rows = (
@@ -696,19 +691,6 @@ class Store:
         )
         async with self._read() as conn:
             return [r.uuid for r in (await conn.execute(query)).all()]
-
-    async def find_paused_errored_before(self, before: datetime, limit: int = 1000) -> list[str]:
-        query = (
-            select(execution_plans.c.uuid)
-            .where(execution_plans.c.state == "paused")
-            .where(execution_plans.c.started_at <= before)
-            .limit(limit)
-        )
-        async with self._read() as conn:
-            return [r.uuid for r in (await conn.execute(query)).all()]
-
-    async def connection(self) -> AsyncConnection:
-        return await self.engine.connect()
 
 
 def _action_state(plan: ExecutionPlan, action: Action) -> str | None:
