@@ -1,0 +1,1 @@
+"""The Smart Proxy host: settings, TLS listeners, logging, plugins."""

@@ -1,0 +1,1 @@
+"""Smart Proxy Dynflow: the task API Foreman uses, launchers, runners and callbacks."""

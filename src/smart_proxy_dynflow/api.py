@@ -1,0 +1,342 @@
+"""The task API Foreman talks to (``/tasks...``, §1), as a Starlette application.
+
+Mounted at ``/`` by the standalone core service and at ``/dynflow`` by the Smart Proxy. The
+application talks only to the :class:`~smart_proxy_dynflow.core.Core`; who may call it is
+decided by the ``authorize`` callable the host passes in (the standalone service checks the
+proxy's certificate serial, the Smart Proxy its trusted hosts and client certificates), except
+for ``/tasks/:id/update`` and ``/done``, which accept a task's one-time password instead.
+
+Every error is JSON ``{"error": ...}`` with a 4xx status; nothing a client sends can cause a
+500 or change a stored plan it did not name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dynflow.errors import EventRejected, ExecutionRejected, PlanningError
+from dynflow.states import PLAN_STATES
+from smart_proxy.redact import redact
+from smart_proxy.server import is_https
+
+from .core import Core
+from .launcher import DuplicateTask, LaunchInputError
+from .openapi import openapi_document
+from .registry import UnknownAction, UnknownOperation
+from .runner_action import FINISHED_STATES, RunnerAction, external_event
+
+log = logging.getLogger("smart_proxy_dynflow.api")
+
+Authorize = Callable[[Request], Awaitable[Response | None]]
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+STATUSES_ERROR = "'task_ids' needs to be provided and be a non-empty array of task UUIDs"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def allow_all(request: Request) -> Response | None:
+    return None
+
+
+class TaskApi:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        authorize: Authorize | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.core = core
+        self.authorize = authorize or allow_all
+        self.max_body_size = max_body_size
+
+    # ---- request plumbing -----------------------------------------------------------------------
+    async def body(self, request: Request, *, required: bool = True) -> dict[str, Any]:
+        """The JSON object in the body (whatever the Content-Type says, as Foreman expects)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_size:
+            raise ApiError(413, f"request body larger than {self.max_body_size} bytes")
+        raw = bytearray()
+        async for piece in request.stream():
+            raw += piece
+            if len(raw) > self.max_body_size:
+                raise ApiError(413, f"request body larger than {self.max_body_size} bytes")
+        if not raw.strip():
+            if required:
+                raise ApiError(400, "request body must be a JSON object, got an empty body")
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON in request body: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, f"request body must be a JSON object, not {_json_type(data)}")
+        return data
+
+    def callback_host(self, request: Request, input: Any) -> str:
+        """``action_input.proxy_url`` if Foreman sent it, else this request's scheme and host."""
+        from .launcher import Launcher
+
+        url = Launcher.proxy_url(input)
+        if url:
+            return url
+        scheme = "https" if is_https(request.scope) else "http"
+        host = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        if not host:
+            host = request.headers.get("host", "")
+        return f"{scheme}://{host}"
+
+    async def guarded(
+        self,
+        request: Request,
+        handler: Callable[[Request], Awaitable[Response]],
+        token: bool = False,
+    ) -> Response:
+        denied = await (self.authorize_token(request) if token else self.authorize(request))
+        if denied is not None:
+            return denied
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error(exc.status, exc.message)
+        except UnknownOperation as exc:
+            return error(404, str(exc))
+        except UnknownAction as exc:
+            return error(400, str(exc))
+        except LaunchInputError as exc:
+            return error(422, str(exc))
+        except DuplicateTask as exc:
+            return error(409, str(exc))
+        except ExecutionRejected as exc:
+            return error(503, f"the service cannot take tasks now: {exc}")
+
+    async def authorize_token(self, request: Request) -> Response | None:
+        """``update``/``done``: a valid one-time password of this task, else the normal checks."""
+        header = request.headers.get("authorization")
+        if header is None:
+            return await self.authorize(request)
+        scheme, _, token = header.partition(" ")
+        task_id = request.path_params["task_id"]
+        clear = request.url.path.rstrip("/").endswith("/done")
+        if scheme.lower() != "basic" or not self.core.otp.authenticate(
+            token, expected_user=task_id, clear=clear
+        ):
+            log.error("invalid one-time password for task %s", task_id)
+            return error(403, "Invalid username or password supplied")
+        return None
+
+    # ---- endpoints ------------------------------------------------------------------------------
+    async def trigger(self, request: Request) -> Response:
+        """``POST /tasks``: the legacy trigger (``action_name`` + ``action_input``)."""
+        body = await self.body(request)
+        name = body.get("action_name")
+        if not isinstance(name, str):
+            raise ApiError(422, "'action_name' must be a string naming an action")
+        action_input = body.get("action_input", {})
+        if not isinstance(action_input, dict):
+            raise ApiError(422, "'action_input' must be an object")
+        action_class = self.core.actions.lookup(name)
+        host = self.callback_host(request, {"action_input": action_input})
+        result = await self.core.world.trigger(
+            action_class, {**action_input, "callback_host": host}
+        )
+        return JSONResponse({"task_id": result.id})
+
+    async def launch(self, request: Request) -> Response:
+        """``POST /tasks/launch``: ``{"operation", "input", "options"}`` → launcher results."""
+        body = await self.body(request)
+        operation = body.get("operation")
+        if not isinstance(operation, str):
+            raise ApiError(422, "'operation' must be a string naming a registered operation")
+        if "input" not in body:
+            raise ApiError(422, "'input' is missing")
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise ApiError(422, "'options' must be an object")
+        launcher_class = self.core.launchers.fetch(operation)
+        launcher = launcher_class(
+            self.core, self.callback_host(request, body["input"]), options, operation=operation
+        )
+        try:
+            results = await launcher.launch(body["input"])
+        except PlanningError as exc:
+            raise ApiError(422, str(exc)) from None
+        return JSONResponse(results)
+
+    async def task_status(self, request: Request) -> Response:
+        """``GET /tasks/:id/status``: the plan hash plus its actions; 404 ``{}`` if unknown."""
+        plan = await self.core.world.load_plan(request.path_params["task_id"])
+        if plan is None:
+            return JSONResponse({}, status_code=404)
+        return JSONResponse(await self.present(plan))
+
+    async def bulk_status(self, request: Request) -> Response:
+        """``POST /tasks/status``: state and result of each known id (unknown ones absent)."""
+        ids = self.task_ids(await self.body(request, required=False), required=False)
+        if not ids:
+            return JSONResponse({})
+        return JSONResponse(await self.core.world.plan_statuses({"uuid": ids}))
+
+    async def statuses(self, request: Request) -> Response:
+        """``POST /tasks/statuses``: the full status of each known id."""
+        ids = self.task_ids(await self.body(request, required=False), required=True)
+        known = await self.core.world.plan_statuses({"uuid": ids})
+        result: dict[str, Any] = {}
+        for task_id in ids:
+            if task_id in known and task_id not in result:
+                plan = await self.core.world.load_plan(task_id)
+                if plan is not None:
+                    result[task_id] = await self.present(plan)
+        return JSONResponse(result)
+
+    async def count(self, request: Request) -> Response:
+        """``GET /tasks/count?state=``: plans in a state (all of them without ``state``)."""
+        state = request.query_params.get("state") or "all"
+        if state != "all" and state not in PLAN_STATES:
+            raise ApiError(
+                400, f"unknown state {state!r}; use one of: all, {', '.join(PLAN_STATES)}"
+            )
+        filters = None if state == "all" else {"state": state}
+        return JSONResponse({"count": await self.core.world.count_plans(filters), "state": state})
+
+    async def cancel(self, request: Request) -> Response:
+        """``POST /tasks/:id/cancel``: send Cancel to every cancellable step."""
+        task_id = request.path_params["task_id"]
+        await self.body(request, required=False)
+        if not await self.core.world.plan_statuses({"uuid": [task_id]}):
+            raise ApiError(404, f"task {task_id} not found")
+        count = await self.core.world.cancel(task_id)
+        return JSONResponse({"task_id": task_id, "canceled_steps_count": count})
+
+    async def event(self, request: Request) -> Response:
+        """``POST /tasks/:id/update`` and ``/done``: an external event for ``step_id``."""
+        task_id = request.path_params["task_id"]
+        body = await self.body(request)
+        step_id = body.get("step_id")
+        if isinstance(step_id, str) and step_id.strip().isdigit():
+            step_id = int(step_id)
+        if not isinstance(step_id, int) or isinstance(step_id, bool):
+            raise ApiError(422, "'step_id' must be the integer id of a step")
+        plan = await self.core.world.load_plan(task_id)
+        if plan is None:
+            raise ApiError(404, f"task {task_id} not found")
+        if step_id not in plan.steps:
+            raise ApiError(404, f"task {task_id} has no step {step_id}")
+        try:
+            await self.core.world.event(task_id, step_id, external_event(body))
+        except EventRejected:
+            raise ApiError(
+                409, f"step {step_id} of task {task_id} is not waiting for events"
+            ) from None
+        return Response(status_code=200)
+
+    async def operations(self, request: Request) -> Response:
+        """``GET /tasks/operations``: the registered operation names, in order."""
+        return JSONResponse(self.core.operations())
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    # ---- presentation ---------------------------------------------------------------------------
+    def task_ids(self, body: dict[str, Any], *, required: bool) -> list[str]:
+        ids = body.get("task_ids")
+        if ids is None or ids == []:
+            if required:
+                raise ApiError(422, STATUSES_ERROR)
+            return []
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(422, "'task_ids' must be an array of task UUID strings")
+        return ids
+
+    async def present(self, plan: Any) -> dict[str, Any]:
+        """The plan hash plus ``actions``, with live runner output and secrets redacted (§1.5)."""
+        data = plan.to_hash()
+        actions = []
+        world = self.core.world
+        for action in sorted(plan.actions.values(), key=lambda a: a.id):
+            entry = action.to_hash()
+            output = entry.get("output") or {}
+            if isinstance(action, RunnerAction):
+                run_step = plan.steps.get(action.run_step_id)
+                state = run_step.state if run_step is not None else None
+                if state not in FINISHED_STATES and "runner_id" in output:
+                    chunks = await world.output_chunks(plan.id, action.id)
+                    output = RunnerAction.live_output(output, chunks)
+                    if state in ("running", "suspended") and output.get("runner_id"):
+                        self.core.dispatcher.refresh_output(output["runner_id"])
+            entry["output"] = output
+            entry["input"] = redact(entry.get("input") or {})
+            for middleware in world.middleware_for(type(action)):
+                entry = middleware.present(action, entry)
+            actions.append(entry)
+        data["actions"] = actions
+        return data
+
+    # ---- the application ------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        def wrap(handler: Callable[[Request], Awaitable[Response]], token: bool = False) -> Any:
+            async def endpoint(request: Request) -> Response:
+                return await self.guarded(request, handler, token=token)
+
+            endpoint.__name__ = handler.__name__
+            endpoint.__doc__ = handler.__doc__
+            return endpoint
+
+        return [
+            Route("/tasks", wrap(self.trigger), methods=["POST"]),
+            Route("/tasks/", wrap(self.trigger), methods=["POST"]),
+            Route("/tasks/launch", wrap(self.launch), methods=["POST"]),
+            Route("/tasks/launch/", wrap(self.launch), methods=["POST"]),
+            Route("/tasks/status", wrap(self.bulk_status), methods=["POST"]),
+            Route("/tasks/statuses", wrap(self.statuses), methods=["POST"]),
+            Route("/tasks/count", wrap(self.count), methods=["GET"]),
+            Route("/tasks/operations", wrap(self.operations), methods=["GET"]),
+            Route("/tasks/{task_id}/status", wrap(self.task_status), methods=["GET"]),
+            Route("/tasks/{task_id}/cancel", wrap(self.cancel), methods=["POST"]),
+            Route("/tasks/{task_id}/update", wrap(self.event, token=True), methods=["POST"]),
+            Route("/tasks/{task_id}/done", wrap(self.event, token=True), methods=["POST"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(404, f"no such endpoint: {request.method} {request.url.path}")
+    if exc.status_code == 405:
+        return error(405, f"method {request.method} not allowed on {request.url.path}")
+    return error(exc.status_code, str(exc.detail))
+
+
+def create_app(
+    core: Core, *, authorize: Authorize | None = None, max_body_size: int = DEFAULT_MAX_BODY
+) -> Starlette:
+    api = TaskApi(core, authorize=authorize, max_body_size=max_body_size)
+    app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_exception})
+    app.state.task_api = api
+    return app

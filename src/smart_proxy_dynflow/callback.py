@@ -1,0 +1,153 @@
+"""Callbacks to Foreman: tell it a task finished, durably (§5).
+
+:class:`ForemanClient` POSTs to ``<foreman_url>/foreman_tasks/api/tasks/callback`` with the
+proxy's client certificate; only HTTP 200 counts as delivered.
+
+:class:`CallbackAction` (one task) and :class:`BatchCallbackAction` (a group launch, one
+request for many tasks) are ordinary engine actions, which is what makes them durable: their
+data is in the database before the first attempt; a failed attempt schedules a stored retry
+event with exponential back-off (``callback_retry_interval`` doubling up to
+``callback_retry_max_interval``); after a restart the step runs again and sends at once. Once
+Foreman answered 200 the step is done and the callback is never sent again. After
+``callback_retry_timeout`` without success the step fails ("Failed performing callback to
+Foreman server: ..."), the plan is paused, and Foreman's own status polling picks the result up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from dynflow import Action
+from smart_proxy.tls import client_context
+
+log = logging.getLogger("smart_proxy_dynflow.callback")
+
+CALLBACK_PATH = "/foreman_tasks/api/tasks/callback"
+RETRY = "smart_proxy_dynflow.callback.retry"
+
+
+class CallbackFailed(Exception):
+    pass
+
+
+def callback_url(foreman_url: str) -> str:
+    """The callback endpoint on Foreman; a path prefix in ``foreman_url`` is dropped (§5.1)."""
+    parts = urlsplit(foreman_url)
+    return urlunsplit((parts.scheme, parts.netloc, CALLBACK_PATH, "", ""))
+
+
+class ForemanClient:
+    def __init__(
+        self,
+        foreman_url: str,
+        *,
+        cafile: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = callback_url(foreman_url)
+        self._cafile, self._certfile, self._keyfile = cafile, certfile, keyfile
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            verify: Any = True
+            if self.url.startswith("https:"):
+                verify = client_context(
+                    cafile=self._cafile, certfile=self._certfile, keyfile=self._keyfile
+                )
+            self._client = httpx.AsyncClient(verify=verify, timeout=self._timeout)
+        return self._client
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        """POST ``payload``; raises :class:`CallbackFailed` unless Foreman answers 200."""
+        try:
+            response = await self._http().post(
+                self.url,
+                json=payload,
+                headers={"Accept": "application/json,version=2"},
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            raise CallbackFailed(
+                f"Failed performing callback to Foreman server: {type(exc).__name__} {exc}"
+            ) from exc
+        if response.status_code != 200:
+            raise CallbackFailed(
+                "Failed performing callback to Foreman server: "
+                f"{response.status_code} {response.text[:500]}"
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class _DurableCallback(Action, abstract=True):
+    """Sends ``payload()`` until Foreman takes it, surviving Foreman outages and restarts."""
+
+    def payload(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def run(self, event: Any = None) -> None:
+        from .core import core_of
+
+        core = core_of(self.world)
+        attempts = int(self.output.get("attempts", 0)) + 1
+        self.output["attempts"] = attempts
+        self.output.setdefault("first_attempt_at", time.time())
+        try:
+            await core.foreman.send(self.payload())
+        except CallbackFailed as exc:
+            self.output["last_error"] = str(exc)
+            waited = time.time() - float(self.output["first_attempt_at"])
+            if waited >= core.config.callback_retry_timeout:
+                log.error("%s: giving up after %d attempts: %s", self, attempts, exc)
+                self.fail(str(exc))
+            delay = min(
+                core.config.callback_retry_interval * 2 ** (attempts - 1),
+                core.config.callback_retry_max_interval,
+            )
+            log.warning("%s: attempt %d failed, retrying in %.1f s: %s", self, attempts, delay, exc)
+            self.plan_event(RETRY, delay, optional=True)
+            self.suspend()
+        self.output.pop("last_error", None)
+        self.output["delivered_at"] = time.time()
+        log.info("%s: delivered to Foreman after %d attempt(s)", self, attempts)
+
+
+class CallbackAction(_DurableCallback):
+    """``{"callback": {"task_id", "step_id"}, "data": <runner action output>}`` (§5.1)."""
+
+    wire_names = ("Proxy::Dynflow::Callback::Action", "ForemanTasksCore::Callback::Action")
+
+    def plan(self, callback: dict[str, Any], data: Any) -> None:
+        self.plan_self(callback=callback, data=data)
+
+    def payload(self) -> dict[str, Any]:
+        return {"callback": self.input["callback"], "data": self.input["data"]}
+
+
+class BatchCallbackAction(_DurableCallback):
+    """One ``{"callbacks": [...]}`` request for every task of a group launch (§5.1)."""
+
+    wire_names = ("Proxy::Dynflow::Action::BatchCallback",)
+
+    def plan(self, targets: dict[str, Any], results: Any) -> None:
+        self.plan_self(targets=targets, results=results)
+
+    def payload(self) -> dict[str, Any]:
+        results = self.input.get("results") or {}
+        return {
+            "callbacks": [
+                {"callback": callback, "data": results.get(key)}
+                for key, callback in self.input["targets"].items()
+            ]
+        }

@@ -1,0 +1,316 @@
+"""The OpenAPI 3.1 description of the task API, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from . import __name__ as _package
+
+_ERROR = {
+    "description": "An error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Execution plan id (a UUID).",
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "SingleInput": {
+        "type": "object",
+        "required": ["action_class", "action_input"],
+        "properties": {
+            "action_class": {"type": "string", "description": "A registered action name."},
+            "action_input": {"type": "object", "additionalProperties": True},
+        },
+    },
+    "LaunchRequest": {
+        "type": "object",
+        "required": ["operation", "input"],
+        "properties": {
+            "operation": {"type": "string", "description": "See GET /tasks/operations."},
+            "input": {
+                "description": "`single`: a SingleInput; batch operations (e.g. `ssh`): an "
+                "object keyed by task UUIDs whose values are SingleInputs.",
+                "oneOf": [
+                    _ref("SingleInput"),
+                    {"type": "object", "additionalProperties": _ref("SingleInput")},
+                ],
+            },
+            "options": {"type": "object", "additionalProperties": True},
+        },
+    },
+    "LaunchResult": {
+        "type": "object",
+        "properties": {
+            "result": {"type": "string", "enum": ["success", "error"]},
+            "task_id": {"type": "string"},
+            "errors": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TaskIds": {
+        "type": "object",
+        "properties": {"task_ids": {"type": "array", "items": {"type": "string"}}},
+    },
+    "StateResult": {
+        "type": "object",
+        "properties": {"state": {"type": "string"}, "result": {"type": "string"}},
+    },
+    "OutputRecord": {
+        "type": "object",
+        "required": ["output_type", "output", "timestamp"],
+        "properties": {
+            "output_type": {"type": "string", "enum": ["stdout", "stderr", "debug"]},
+            "output": {"type": "string"},
+            "timestamp": {"type": "number"},
+            "id": {},
+        },
+    },
+    "Action": {
+        "type": "object",
+        "properties": {
+            "class": {"type": "string"},
+            "execution_plan_id": {"type": "string"},
+            "id": {"type": "integer"},
+            "plan_step_id": {"type": "integer"},
+            "run_step_id": {"type": ["integer", "null"]},
+            "finalize_step_id": {"type": ["integer", "null"]},
+            "caller_execution_plan_id": {"type": ["string", "null"]},
+            "caller_action_id": {"type": ["integer", "null"]},
+            "input": {"type": "object", "description": "Secrets are redacted."},
+            "output": {
+                "type": "object",
+                "description": "Runner actions: result (OutputRecords), runner_id, and once "
+                'finished exit_status (integer or "EXCEPTION") and exit_status_timestamp.',
+            },
+        },
+    },
+    "TaskStatus": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "class": {"type": "string"},
+            "label": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": [
+                    "pending",
+                    "scheduled",
+                    "planning",
+                    "planned",
+                    "running",
+                    "paused",
+                    "stopped",
+                ],
+            },
+            "result": {
+                "type": "string",
+                "enum": ["pending", "success", "warning", "error", "cancelled"],
+            },
+            "root_plan_step_id": {"type": "integer"},
+            "run_flow": {},
+            "finalize_flow": {},
+            "step_ids": {"type": "array", "items": {"type": "integer"}},
+            "started_at": {"type": ["string", "null"]},
+            "ended_at": {"type": ["string", "null"]},
+            "execution_time": {"type": ["number", "null"]},
+            "real_time": {"type": ["number", "null"]},
+            "execution_history": {"type": "array", "items": {"type": "object"}},
+            "actions": {"type": "array", "items": _ref("Action")},
+        },
+    },
+}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    errors = {"400": _ERROR, "403": _ERROR, "413": _ERROR, "422": _ERROR}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Smart Proxy Dynflow task API",
+            "version": "0.1.0",
+            "description": f"The JSON API Foreman uses to run tasks on a Smart Proxy ({_package}).",
+        },
+        "paths": {
+            "/tasks/launch": {
+                "post": {
+                    "summary": "Launch tasks with a registered operation",
+                    "requestBody": _body(_ref("LaunchRequest")),
+                    "responses": {
+                        "200": _json(
+                            {
+                                "description": "single: a LaunchResult; batch: "
+                                '{"parent": LaunchResult}',
+                                "oneOf": [
+                                    _ref("LaunchResult"),
+                                    {
+                                        "type": "object",
+                                        "properties": {"parent": _ref("LaunchResult")},
+                                    },
+                                ],
+                            }
+                        ),
+                        "404": _ERROR,
+                        "409": _ERROR,
+                        **errors,
+                    },
+                }
+            },
+            "/tasks": {
+                "post": {
+                    "summary": "Trigger one action (legacy)",
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["action_name"],
+                            "properties": {
+                                "action_name": {"type": "string"},
+                                "action_input": {"type": "object"},
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"task_id": {"type": "string"}}}
+                        ),
+                        **errors,
+                    },
+                }
+            },
+            "/tasks/{task_id}/status": {
+                "get": {
+                    "summary": "Status of a task with its actions and output",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _json(_ref("TaskStatus")),
+                        "404": _json({"type": "object"}, "Unknown task (body {})"),
+                        "403": _ERROR,
+                    },
+                }
+            },
+            "/tasks/status": {
+                "post": {
+                    "summary": "State and result of many tasks (unknown ids are left out)",
+                    "requestBody": _body(_ref("TaskIds"), required=False),
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "additionalProperties": _ref("StateResult")}
+                        ),
+                        **errors,
+                    },
+                }
+            },
+            "/tasks/statuses": {
+                "post": {
+                    "summary": "Full status of many tasks (unknown ids are left out)",
+                    "requestBody": _body(_ref("TaskIds")),
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "additionalProperties": _ref("TaskStatus")}
+                        ),
+                        **errors,
+                    },
+                }
+            },
+            "/tasks/count": {
+                "get": {
+                    "summary": "Number of tasks in a state",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "A plan state or all.",
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "count": {"type": "integer"},
+                                    "state": {"type": "string"},
+                                },
+                            }
+                        ),
+                        **errors,
+                    },
+                }
+            },
+            "/tasks/operations": {
+                "get": {
+                    "summary": "Registered operations",
+                    "responses": {"200": _json({"type": "array", "items": {"type": "string"}})},
+                }
+            },
+            "/tasks/{task_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a task",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "task_id": {"type": "string"},
+                                    "canceled_steps_count": {"type": "integer"},
+                                },
+                            }
+                        ),
+                        "404": _ERROR,
+                        **errors,
+                    },
+                }
+            },
+            **{
+                f"/tasks/{{task_id}}/{kind}": {
+                    "post": {
+                        "summary": f"External event for a step ({kind}); accepts a one-time "
+                        "password as Basic authorization",
+                        "parameters": [_TASK_ID],
+                        "requestBody": _body(
+                            {
+                                "type": "object",
+                                "required": ["step_id"],
+                                "properties": {"step_id": {"type": ["integer", "string"]}},
+                                "additionalProperties": True,
+                            }
+                        ),
+                        "responses": {
+                            "200": {"description": "Delivered (empty body)"},
+                            "404": _ERROR,
+                            "409": _ERROR,
+                            **errors,
+                        },
+                    }
+                }
+                for kind in ("update", "done")
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

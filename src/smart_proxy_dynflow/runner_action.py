@@ -1,0 +1,190 @@
+"""Runner actions: a suspended, cancellable action that owns one runner (§4.1).
+
+Planning copies the input, takes ``callback`` out of it, sets ``task_id`` (Foreman's task id,
+from ``callback.task_id``) and, when there is a callback, plans a
+:class:`~smart_proxy_dynflow.callback.CallbackAction` fed with this action's output, so Foreman
+hears back as soon as the run phase finishes.
+
+Running, by event:
+
+==================  ==========================================================================
+no event (first)    ``initiate_runner()`` is started by the dispatcher; suspend
+runner update       its records are stored as one output chunk; with an exit status: finish
+external event      forwarded to the runner (``/tasks/:id/update`` and ``/done``); suspend
+``CANCEL/ABORT``    the runner is killed; the action finishes when the runner reports its exit
+``POLL``            an immediate output refresh (status requests send it); suspend
+==================  ==========================================================================
+
+Finishing writes ``exit_status``, ``exit_status_timestamp`` and ``result`` (every record, in
+order). Finalize fails the plan with "Script execution failed" for a non-zero exit status.
+
+After a restart of the service the step runs again with no event. A runner class that is
+``recoverable`` is re-attached to its job (the SSH runner reads the recorded output and exit
+code on the host); any other runner's outcome is unknown, so the action finishes with the
+exit status ``EXCEPTION`` and a debug line saying why (the original failed such tasks too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from dynflow import Action
+from dynflow.action import ABORT, CANCEL, POLL
+from dynflow.user_calls import call_user
+
+from .core import core_of
+from .runner import Runner, SuspendedAction, Update
+
+log = logging.getLogger("smart_proxy_dynflow.runner")
+
+EXTERNAL_EVENT = "external_event"
+FINISHED_STATES = ("success", "error", "skipped")
+
+
+def external_event(data: dict[str, Any]) -> dict[str, Any]:
+    """The engine event carrying the body of ``/tasks/:id/update`` or ``/done``."""
+    return {EXTERNAL_EVENT: data}
+
+
+def external_event_data(event: Any) -> dict[str, Any] | None:
+    if isinstance(event, dict) and isinstance(event.get(EXTERNAL_EVENT), dict):
+        return event[EXTERNAL_EVENT]
+    return None
+
+
+class RunnerAction(Action, abstract=True):
+    """Base of actions whose run phase is a runner; subclasses write ``initiate_runner``."""
+
+    cancellable = True
+
+    def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
+        data = {**(input or {}), **values}
+        callback = data.pop("callback", None)
+        if isinstance(callback, dict) and callback.get("task_id") is not None:
+            data["task_id"] = callback["task_id"]
+        data.setdefault("task_id", str(uuid.uuid4()))
+        self.plan_self(data)
+        if isinstance(callback, dict):
+            from .callback import CallbackAction
+
+            self.plan_action(CallbackAction, callback=callback, data=self.output)
+
+    def initiate_runner(self) -> Runner:
+        """The runner to start (may be ``async def``); it is addressed to ``suspended_action``."""
+        raise NotImplementedError(f"{self.name()} must implement initiate_runner()")
+
+    @property
+    def suspended_action(self) -> SuspendedAction:
+        assert self.run_step_id is not None
+        return SuspendedAction(self.execution_plan_id, self.run_step_id)
+
+    @property
+    def runner_id(self) -> str | None:
+        return self.output.get("runner_id")
+
+    # ---- run ----------------------------------------------------------------------------------
+    async def run(self, event: Any = None) -> None:
+        try:
+            await self.process_event(event)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the runner's outcome
+            log.exception("%s: error handling event %s", self, _describe(event))
+            if self.runner_id:
+                core_of(self.world).dispatcher.kill(self.runner_id)
+            await self.process_update(Update.encode_exception("Proxy error", exc, fatal=True))
+
+    async def process_event(self, event: Any) -> None:
+        core = core_of(self.world)
+        if event is None:
+            if "runner_id" not in self.output:
+                await self.start_runner(await call_user(self, self.initiate_runner), resume=False)
+            else:
+                await self.recover()
+            return
+        update = Update.from_event(event)
+        if update is not None:
+            await self.process_update(update)
+            return
+        data = external_event_data(event)
+        if data is not None:
+            if self.runner_id:
+                core.dispatcher.external_event(self.runner_id, data)
+        elif event in (CANCEL, ABORT):
+            if self.runner_id:
+                core.dispatcher.kill(self.runner_id)
+        elif event == POLL:
+            if self.runner_id:
+                core.dispatcher.refresh_output(self.runner_id)
+        else:
+            raise ValueError(f"Unexpected event {_describe(event)}")
+        self.suspend()
+
+    async def start_runner(self, runner: Runner, *, resume: bool) -> None:
+        if resume:
+            runner.id = self.output["runner_id"]
+        else:
+            self.output["result"] = []
+            self.output["runner_id"] = runner.id
+        core_of(self.world).dispatcher.start(self.suspended_action, runner, resume=resume)
+        self.suspend()
+
+    async def recover(self) -> None:
+        """The service restarted while this action waited on its runner."""
+        if self.output.get("exit_status") is not None:
+            return  # it had finished; only the end of the step was not saved
+        runner = await call_user(self, self.initiate_runner)
+        if runner.recoverable:
+            log.info("%s: re-attaching runner %s after a restart", self, self.runner_id)
+            await self.start_runner(runner, resume=True)
+            return
+        record = {
+            "output_type": "debug",
+            "output": "The smart proxy restarted while this job was running; "
+            "its result is unknown.",
+            "timestamp": time.time(),
+        }
+        await self.process_update(Update([record], exit_status="EXCEPTION"))
+
+    async def process_update(self, update: Update) -> None:
+        if update.output:
+            self.output_chunk(update.output, kind="runner_update")
+        if update.exit_status is None:
+            self.suspend()
+        assert self.world is not None
+        chunks = await self.world.output_chunks(self.execution_plan_id, self.id)
+        self.output["result"] = [r for c in chunks for r in (c["chunk"] or [])] + list(
+            update.output
+        )
+        self.output["exit_status"] = update.exit_status
+        self.output["exit_status_timestamp"] = update.exit_status_timestamp or time.time()
+
+    def rescue_strategy_for_self(self) -> str:
+        return "fail"
+
+    # ---- finalize -----------------------------------------------------------------------------
+    def finalize(self) -> None:
+        status = self.output.get("exit_status")
+        if status is not None and str(status) != "0":
+            self.fail("Script execution failed")
+
+    # ---- presentation (status API) ------------------------------------------------------------
+    @classmethod
+    def live_output(cls, output: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The output as Foreman sees it while running: ``result`` assembled from the chunks."""
+        return {**output, "result": [r for c in chunks for r in (c["chunk"] or [])]}
+
+
+def _describe(event: Any) -> str:
+    text = repr(event)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+__all__ = [
+    "EXTERNAL_EVENT",
+    "FINISHED_STATES",
+    "RunnerAction",
+    "external_event",
+    "external_event_data",
+]

@@ -1,0 +1,185 @@
+"""``smart-proxy-dynflow-core``: the standalone core service (§8.3).
+
+Reads the settings (``settings.yml`` + ``settings.d/``), sets up logging, optionally
+daemonizes, then in one event loop: starts the core (engine world, recovery, dispatcher),
+loads the plugins, serves the task API over HTTP or HTTPS, and tells systemd it is ready.
+SIGTERM/SIGINT stop it gracefully; SIGUSR1 reopens the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from smart_proxy import systemd
+from smart_proxy.log import RequestLogMiddleware, install_sigusr1, setup_logging
+from smart_proxy.server import Listener, serve
+from smart_proxy.tls import TLSConfigError, certificate_serial, server_context
+
+from .api import create_app
+from .auth import SerialAuthorizer
+from .core import Core, CoreConfig
+from .plugin import load_plugins
+from .settings import CoreSettings, SettingsError, load_settings
+
+log = logging.getLogger("smart_proxy_dynflow.service")
+
+PROG = "smart-proxy-dynflow-core"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="Smart Proxy Dynflow core service")
+    parser.add_argument("-c", "--config-dir", help="directory with settings.yml and settings.d/")
+    parser.add_argument(
+        "-1", "--one-config", action="store_true", help="load only the first settings directory"
+    )
+    parser.add_argument(
+        "-d",
+        "--daemonize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run in the background (overrides the setting)",
+    )
+    parser.add_argument("-p", "--pid-file", help="pid file when daemonized (overrides the setting)")
+    return parser.parse_args(argv)
+
+
+def core_config(settings: CoreSettings) -> CoreConfig:
+    cert = settings.foreman_client_cert()
+    return CoreConfig(
+        db_url=settings.db_url,
+        pool_size=settings.pool_size,
+        execution_plan_cleaner_age=float(settings.execution_plan_cleaner_age),
+        runner_refresh_interval=float(settings.runner_refresh_interval),
+        foreman_url=settings.foreman_url,
+        foreman_ssl_ca=settings.foreman_ca(),
+        foreman_ssl_cert=cert[0] if cert else None,
+        foreman_ssl_key=cert[1] if cert else None,
+        callback_retry_interval=float(settings.callback_retry_interval),
+        callback_retry_max_interval=float(settings.callback_retry_max_interval),
+        callback_retry_timeout=float(settings.callback_retry_timeout),
+    )
+
+
+def build_authorizer(settings: CoreSettings) -> Any:
+    """Over HTTPS only the proxy's own client certificate is accepted (§2.2)."""
+    if not settings.use_https:
+        return None
+    cert = settings.foreman_client_cert()
+    path = cert[0] if cert else settings.ssl_certificate
+    if not path:
+        raise TLSConfigError(
+            "use_https needs foreman_ssl_cert or ssl_certificate: the client certificate "
+            "the Smart Proxy connects with"
+        )
+    return SerialAuthorizer(certificate_serial(path))
+
+
+async def run(settings: CoreSettings, *, shutdown: asyncio.Event | None = None) -> None:
+    """Run the service until ``shutdown`` is set (or SIGTERM/SIGINT arrives)."""
+    ssl_context = None
+    if settings.use_https:
+        ssl_context = server_context(
+            settings.ssl_certificate,
+            settings.ssl_private_key,
+            settings.ssl_ca_file,
+            disabled_ciphers=settings.ssl_disabled_ciphers,
+            disabled_versions=settings.tls_disabled_versions,
+        )
+    authorize = build_authorizer(settings)
+    core = Core(core_config(settings))
+    plugins = load_plugins(core, settings.plugins)
+    app = RequestLogMiddleware(
+        create_app(core, authorize=authorize, max_body_size=settings.max_body_size)
+    )
+    loop = asyncio.get_running_loop()
+    stop = shutdown or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    install_sigusr1(loop)
+    await core.start()
+    try:
+        listener = Listener(settings.listen, settings.port, ssl_context, name="core")
+
+        def ready() -> None:
+            scheme = "https" if ssl_context else "http"
+            log.info(
+                "%s listening on %s://%s:%s (plugins: %s)",
+                PROG,
+                scheme,
+                settings.listen,
+                listener.bound_port,
+                ", ".join(plugins.loaded) or "none",
+            )
+            systemd.notify("READY=1")
+
+        await serve(app, [listener], on_ready=ready, shutdown=stop)
+    finally:
+        systemd.notify("STOPPING=1")
+        await core.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def daemonize(pid_file: str) -> None:
+    """Detach from the terminal (double fork) and write ``pid_file``."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    with open(os.devnull, "rb") as devnull_in, open(os.devnull, "ab") as devnull_out:
+        os.dup2(devnull_in.fileno(), 0)
+        os.dup2(devnull_out.fileno(), 1)
+        os.dup2(devnull_out.fileno(), 2)
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config_dir, args.one_config)
+        if args.daemonize is not None:
+            settings.daemonize = args.daemonize
+        if args.pid_file:
+            settings.pid_file = args.pid_file
+        setup_logging(settings.log_file, settings.log_level, name=PROG)
+        if settings.use_https:
+            # Fail fast, before daemonizing, on unreadable certificates.
+            build_authorizer(settings)
+            server_context(
+                settings.ssl_certificate,
+                settings.ssl_private_key,
+                settings.ssl_ca_file,
+                disabled_ciphers=settings.ssl_disabled_ciphers,
+                disabled_versions=settings.tls_disabled_versions,
+            )
+    except (SettingsError, TLSConfigError, ValueError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    if settings.daemonize:
+        daemonize(os.path.abspath(settings.pid_file))
+    try:
+        runner: Any = asyncio.run
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+        runner(run(settings))
+    except OSError as exc:
+        log.error("%s", exc)
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

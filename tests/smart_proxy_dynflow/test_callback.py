@@ -1,0 +1,152 @@
+"""Callbacks to Foreman: exact body (case 11), retries while Foreman is away, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from smart_proxy_dynflow.callback import callback_url
+from tests.support.services import FakeForeman, core_service, free_port, make_config
+from tests.support.waiting import wait_for, wait_plan_state
+
+RUN_SCRIPT = "Proxy::RemoteExecution::Ssh::Actions::RunScript"
+
+
+async def _true(value: Any) -> Any:
+    return value
+
+
+def test_callback_url_drops_any_path_prefix():
+    assert callback_url("https://foreman.example.com/prefix/") == (
+        "https://foreman.example.com/foreman_tasks/api/tasks/callback"
+    )
+    assert callback_url("http://127.0.0.1:3000") == (
+        "http://127.0.0.1:3000/foreman_tasks/api/tasks/callback"
+    )
+
+
+async def test_callback_body_is_exactly_callback_and_data(db_url: str):
+    foreman = FakeForeman()
+    await foreman.start()
+    try:
+        async with core_service(make_config(db_url, foreman.url)) as svc:
+            response = await svc.client.post(
+                "/tasks",
+                json={
+                    "action_name": "Test::HelloWorld",
+                    "action_input": {"callback": {"task_id": "123", "step_id": 123}},
+                },
+            )
+            await wait_plan_state(svc.world, response.json()["task_id"])
+            assert foreman.callbacks == [
+                {"callback": {"task_id": "123", "step_id": 123}, "data": {"result": "Hello World"}}
+            ]
+    finally:
+        await foreman.stop()
+
+
+async def launch_scripts(svc: Any, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        response = await svc.client.post(
+            "/tasks/launch",
+            json={
+                "operation": "single",
+                "input": {
+                    "action_class": RUN_SCRIPT,
+                    "action_input": {
+                        "script": f"echo job-{i}",
+                        "callback": {"task_id": f"foreman-task-{i}", "step_id": 3},
+                    },
+                },
+            },
+        )
+        assert response.json()["result"] == "success"
+        ids.append(response.json()["task_id"])
+    return ids
+
+
+async def callback_attempts(svc: Any, task_id: str) -> int:
+    plan = await svc.world.load_plan(task_id)
+    return int(plan.actions[2].output.get("attempts", 0)) if plan else 0
+
+
+async def test_callbacks_wait_for_foreman_and_arrive_once(tmp_path: Path):
+    foreman = FakeForeman()  # not started: Foreman is down
+    config = make_config(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", foreman.url)
+    async with core_service(config) as svc:
+        ids = await launch_scripts(svc, 3)
+        for task_id in ids:
+            await wait_for(lambda t=task_id: _attempted(svc, t, 3))
+            assert (await svc.world.load_plan(task_id)).state == "running"
+        # Foreman answers, but with errors: still not delivered.
+        foreman.status = 503
+        await foreman.start()
+        await wait_for(lambda: _true(len(foreman.requests) >= 3))
+        assert foreman.callbacks == []
+        foreman.status = 200
+        for task_id in ids:
+            plan = await wait_plan_state(svc.world, task_id)
+            assert plan.result == "success"
+            assert plan.actions[2].output["delivered_at"] > 0
+        await asyncio.sleep(0.5)  # any duplicate would have been sent by now
+    await foreman.stop()
+    assert sorted(c["callback"]["task_id"] for c in foreman.callbacks) == [
+        "foreman-task-0", "foreman-task-1", "foreman-task-2"
+    ]
+    assert all(c["data"]["exit_status"] == 0 for c in foreman.callbacks)
+
+
+async def _attempted(svc: Any, task_id: str, n: int) -> bool:
+    return await callback_attempts(svc, task_id) >= n
+
+
+async def test_callbacks_survive_a_restart_of_the_service(db_url: str):
+    foreman = FakeForeman(port=free_port())
+    # Long back-off: after the restart only the recovery attempt can deliver quickly.
+    config = make_config(
+        db_url, foreman.url, callback_retry_interval=0.05, callback_retry_max_interval=0.1
+    )
+    async with core_service(config) as svc:
+        ids = await launch_scripts(svc, 2)
+        for task_id in ids:
+            await wait_for(lambda t=task_id: _attempted(svc, t, 2))
+    await foreman.start()
+    try:
+        assert foreman.callbacks == []
+        async with core_service(config) as svc:
+            for task_id in ids:
+                plan = await wait_plan_state(svc.world, task_id)
+                assert plan.result == "success"
+            await asyncio.sleep(0.5)
+        assert sorted(c["callback"]["task_id"] for c in foreman.callbacks) == [
+            "foreman-task-0", "foreman-task-1"
+        ]
+        outputs = sorted(c["data"]["result"][0]["output"] for c in foreman.callbacks)
+        assert outputs == ["job-0\n", "job-1\n"]
+        # A third start sends nothing again.
+        async with core_service(config):
+            await asyncio.sleep(0.5)
+        assert len(foreman.callbacks) == 2
+    finally:
+        await foreman.stop()
+
+
+async def test_callback_gives_up_after_the_retry_timeout(tmp_path: Path):
+    foreman = FakeForeman()
+    config = make_config(
+        f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+        foreman.url,
+        callback_retry_timeout=0.3,
+    )
+    async with core_service(config) as svc:
+        (task_id,) = await launch_scripts(svc, 1)
+        plan = await wait_plan_state(svc.world, task_id, "paused")
+        step = plan.steps[plan.actions[2].run_step_id]
+        assert step.state == "error"
+        assert "Failed performing callback to Foreman server" in step.error["message"]
+        # Foreman's 10-minute poll still finds the result in the status.
+        status = (await svc.client.get(f"/tasks/{task_id}/status")).json()
+        assert status["state"] == "paused"
+        assert status["actions"][0]["output"]["exit_status"] == 0

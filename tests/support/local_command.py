@@ -1,0 +1,86 @@
+"""Test-only actions for the task API: a local-command runner and a few simple actions.
+
+A default installation registers no action that runs commands on the proxy itself; the tests
+register these explicitly (in-process) or through the ``local_command`` test plugin (for the
+service started as a command).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from dynflow import Action
+from dynflow.action import CANCEL
+from smart_proxy_dynflow.launcher import BatchLauncher
+from smart_proxy_dynflow.process_runner import ProcessRunner
+from smart_proxy_dynflow.runner import Runner
+from smart_proxy_dynflow.runner_action import RunnerAction, external_event_data
+
+RUN_SCRIPT_NAMES = (
+    "ForemanRemoteExecutionCore::Actions::RunScript",
+    "Proxy::RemoteExecution::Ssh::Actions::RunScript",
+)
+
+
+class LocalCommand(RunnerAction):
+    """Runs ``input["script"]`` with /bin/sh on the proxy (tests only)."""
+
+    def initiate_runner(self) -> Runner:
+        return ProcessRunner(
+            ["/bin/sh", "-c", self.input["script"]],
+            suspended_action=self.suspended_action,
+            timeout=self.input.get("execution_timeout_interval"),
+        )
+
+
+class HelloWorld(Action):
+    """Outputs ``{"result": "Hello World"}``; with a ``callback`` it reports to Foreman."""
+
+    def plan(self, input: dict[str, Any]) -> None:
+        data = dict(input)
+        callback = data.pop("callback", None)
+        self.plan_self(data)
+        if callback is not None:
+            from smart_proxy_dynflow.callback import CallbackAction
+
+            self.plan_action(CallbackAction, callback=callback, data=self.output)
+
+    def run(self) -> None:
+        self.output["result"] = "Hello World"
+
+
+class WaitForEvent(Action):
+    """Suspends until an external event (``/done``) arrives; stores what it received."""
+
+    cancellable: ClassVar[bool] = True
+
+    def run(self, event: Any = None) -> None:
+        if event is None:
+            self.suspend()
+        if event == CANCEL:
+            self.output["cancelled"] = True
+            return
+        data = external_event_data(event)
+        self.output.setdefault("events", []).append(data)
+        if not (data or {}).get("finish", True):
+            self.suspend()
+
+
+def register_test_actions(core: Any) -> None:
+    core.actions.register(LocalCommand, *RUN_SCRIPT_NAMES)
+    core.actions.register(HelloWorld, "Test::HelloWorld")
+    core.actions.register(WaitForEvent, "Test::WaitForEvent")
+    core.launchers.register("local-batch", BatchLauncher)
+
+
+class LocalCommandPlugin:
+    """The ``local_command`` plugin of ``tests/support/plugin_dist`` (an entry point)."""
+
+    name = "local_command"
+    settings_names = ("local_command",)
+
+    def register(self, core: Any, settings: dict[str, Any]) -> None:
+        register_test_actions(core)
+
+
+core_plugin = LocalCommandPlugin()
