@@ -10,7 +10,7 @@ PIP_TOOLS_VENV := $(VENV)-piptools
 PYTEST_ARGS ?=
 LOCK_ARGS   ?=
 
-.PHONY: venv run test lint bench lock clean
+.PHONY: venv run demo test lint bench lock clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# The standalone core service on 127.0.0.1:8008 with config/settings.yml (SQLite in ./var).
 run: venv
+	@mkdir -p var
+	$(VENV)/bin/smart-proxy-dynflow-core -c config
+
+# The workflow engine on its own: a demo of plans, events and recovery.
+demo: venv
 	$(PY) -m dynflow.demo
 
 test: venv
@@ -33,6 +39,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/engine.py
+	$(PY) bench/api.py
 
 # Regenerate the pinned lock file from pyproject.toml (runtime deps + `test` extra).
 # pip-tools lives in its own throwaway venv so it never touches the project venv.

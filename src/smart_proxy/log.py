@@ -315,6 +315,21 @@ _installed: logging.Handler | None = None
 _destination = STDOUT
 
 
+def _probe_unix_socket(path: str) -> None:
+    """Raise OSError unless a datagram or stream unix socket listens at ``path``."""
+    error: OSError | None = None
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+            except OSError as exc:
+                error = exc
+            else:
+                return
+    assert error is not None
+    raise error
+
+
 def _stdout_handler(pattern: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(PatternFormatter(pattern))
@@ -350,6 +365,7 @@ def setup_logging(
         handler = _stdout_handler(file_pattern)
     elif kind == SYSLOG:
         try:
+            _probe_unix_socket(syslog_socket)
             syslog = logging.handlers.SysLogHandler(
                 address=syslog_socket, facility=logging.handlers.SysLogHandler.LOG_LOCAL5
             )

@@ -262,6 +262,18 @@ class BatchRunnerAction(RunnerAction):
 
     wire_names = ("Proxy::Dynflow::Action::BatchRunner",)
 
+    async def process_update(self, update: Any) -> None:
+        await super().process_update(update)  # suspends unless the runner finished
+        parent = self.input.get("parent")
+        if isinstance(parent, dict):
+            # Wake the group's parent now instead of at its next poll.
+            self.plan_event(
+                CHECK,
+                execution_plan_id=parent["execution_plan_id"],
+                step_id=parent["step_id"],
+                optional=True,
+            )
+
     def initiate_runner(self) -> Runner:
         from .core import core_of
 
@@ -315,6 +327,10 @@ class SingleRunnerBatchAction(Action):
                         "targets": targets,
                         "operation": launcher.operation,
                         "runner_id": self.output["runner_id"],
+                        "parent": {
+                            "execution_plan_id": self.execution_plan_id,
+                            "step_id": self.run_step_id,
+                        },
                     },
                     id=self.output["batch_runner_id"],
                     caller_action=self,

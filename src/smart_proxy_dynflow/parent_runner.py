@@ -93,7 +93,7 @@ class ParentRunner(Runner):
         """Updates for this round.
 
         When the overall exit status is (newly) set: an empty update with that status
-        for the parent's own suspended action plus one for every host (status = host
+        for every host plus, last, one for the parent's own suspended action (status = host
         override or overall), all sharing one timestamp. Otherwise: updates without
         exit status for the hosts with buffered output.
         """
@@ -103,7 +103,6 @@ class ParentRunner(Runner):
         if final:
             self._exit_status_sent = True
             timestamp = self.exit_status_timestamp or time.time()
-            updates[self.suspended_action] = Update([], self.exit_status, timestamp)
         for identifier, output in self.outputs.items():
             if not final and output.empty:
                 continue
@@ -115,4 +114,7 @@ class ParentRunner(Runner):
                 )
             else:
                 updates[self.host_action(identifier)] = Update(output.raw_outputs)
+        if final:
+            # Last, so every host has its result before the parent's own action finishes.
+            updates[self.suspended_action] = Update([], self.exit_status, timestamp)
         return updates

@@ -18,7 +18,7 @@ from typing import Any
 
 from smart_proxy import systemd
 from smart_proxy.log import RequestLogMiddleware, install_sigusr1, setup_logging
-from smart_proxy.server import Listener, serve
+from smart_proxy.server import Listener, ServerStartupError, serve
 from smart_proxy.tls import TLSConfigError, certificate_serial, server_context
 
 from .api import create_app
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
         runner(run(settings))
-    except OSError as exc:
+    except (OSError, ServerStartupError) as exc:
         log.error("%s", exc)
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

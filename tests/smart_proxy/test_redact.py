@@ -86,7 +86,10 @@ def test_redact_header_pairs() -> None:
         ("password=abc&task_id=5", f"password={FILTERED}&task_id=5"),
         ("ssh_password: hunter2 step_id: 3", f"ssh_password: {FILTERED} step_id: 3"),
         ('{"password": "p\\"w", "task_id": "t"}', f'{{"password": "{FILTERED}", "task_id": "t"}}'),
-        ("{'key_passphrase': 'x y', 'key': 'k'}", f"{{'key_passphrase': '{FILTERED}', 'key': 'k'}}"),
+        (
+            "{'key_passphrase': 'x y', 'key': 'k'}",
+            f"{{'key_passphrase': '{FILTERED}', 'key': 'k'}}",
+        ),
         ('"secret"=>"s3"', f'"secret"=>"{FILTERED}"'),
         ("Authorization: Basic dXNlcjpwYXNz", f"Authorization: Basic {FILTERED}"),
         ("sent Bearer eyJhbGciOi.x-1 upstream", f"sent Bearer {FILTERED} upstream"),

@@ -183,9 +183,7 @@ async def test_tls11_client_is_refused(pki: Pki) -> None:
         assert listener.bound_port is not None
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await _handshake(listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_1))
-        version = await _handshake(
-            listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2)
-        )
+        version = await _handshake(listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2))
         assert version == "TLSv1.2"
 
 
@@ -263,9 +261,7 @@ async def test_port_in_use_raises_a_clear_error() -> None:
         port = busy.getsockname()[1]
         other = Listener("127.0.0.1", 0)
         with pytest.raises(ServerStartupError, match=f"cannot listen on 127.0.0.1:{port}"):
-            await asyncio.wait_for(
-                server.serve(EchoApp(), [other, Listener("127.0.0.1", port)]), 5
-            )
+            await asyncio.wait_for(server.serve(EchoApp(), [other, Listener("127.0.0.1", port)]), 5)
     # the socket bound before the failure was released
     assert other.bound_port is not None and _port_closed(other.bound_port)
 
@@ -284,9 +280,7 @@ async def test_async_on_ready_is_called_once_after_every_listener_is_bound(pki: 
             writer.close()
         stop.set()
 
-    await asyncio.wait_for(
-        server.serve(EchoApp(), listeners, on_ready=on_ready, shutdown=stop), 10
-    )
+    await asyncio.wait_for(server.serve(EchoApp(), listeners, on_ready=on_ready, shutdown=stop), 10)
     assert len(seen) == 1 and all(seen[0])
 
 

@@ -262,12 +262,13 @@ async def test_launch_unknown_operation_is_404(service):
 
 async def test_operations_in_registration_order(service):
     response = await service.client.get("/tasks/operations")
-    assert response.json() == ["single", "local-batch"]
+    assert response.json() == ["single", "local-batch", "local-group"]
     service.core.launchers.register("zeta", type(service.core.launchers.fetch("single")))
     service.core.launchers.register("alpha", type(service.core.launchers.fetch("single")))
     assert (await service.client.get("/tasks/operations")).json() == [
         "single",
         "local-batch",
+        "local-group",
         "zeta",
         "alpha",
     ]

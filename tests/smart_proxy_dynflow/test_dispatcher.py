@@ -349,7 +349,7 @@ async def test_parent_runner_updates_reach_every_host(
     runner = Fleet(targets, suspended_action=ACTION)
     dispatcher.start(ACTION, runner)
     await wait_until(lambda: runner.id not in dispatcher)
-    assert [to for to, _ in recorder.deliveries] == [ACTION, foo, bar]
+    assert [to for to, _ in recorder.deliveries] == [foo, bar, ACTION]
     assert recorder.statuses(ACTION) == [0]
     assert recorder.statuses(foo) == [0]
     assert recorder.statuses(bar) == [1]

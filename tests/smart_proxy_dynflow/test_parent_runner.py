@@ -123,7 +123,7 @@ def test_exit_status_updates_parent_and_every_host(runner: ParentRunner) -> None
     runner.publish_data_for("foo", "foo output")
     runner.publish_exit_status(0)
     updates = runner.generate_updates()
-    assert list(updates)[0] == PARENT
+    assert list(updates)[-1] == PARENT  # last: hosts first, then the parent finishes
     assert set(updates) == {PARENT, FOO, BAR}
     assert {u.exit_status for u in updates.values()} == {0}
     assert len({u.exit_status_timestamp for u in updates.values()}) == 1

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 from dynflow import Action
 from dynflow.action import CANCEL
-from smart_proxy_dynflow.launcher import BatchLauncher
+from smart_proxy_dynflow.launcher import BatchLauncher, GroupLauncher
+from smart_proxy_dynflow.parent_runner import ParentRunner
 from smart_proxy_dynflow.process_runner import ProcessRunner
 from smart_proxy_dynflow.runner import Runner
 from smart_proxy_dynflow.runner_action import RunnerAction, external_event_data
@@ -71,6 +72,7 @@ def register_test_actions(core: Any) -> None:
     core.actions.register(HelloWorld, "Test::HelloWorld")
     core.actions.register(WaitForEvent, "Test::WaitForEvent")
     core.launchers.register("local-batch", BatchLauncher)
+    core.launchers.register("local-group", EchoGroupLauncher)
 
 
 class LocalCommandPlugin:
@@ -84,3 +86,22 @@ class LocalCommandPlugin:
 
 
 core_plugin = LocalCommandPlugin()
+
+
+class EchoGroupRunner(ParentRunner):
+    """One runner for many hosts: greets each host; a host named ``fail`` exits 1."""
+
+    async def start(self) -> None:
+        for identifier, target in self.targets.items():
+            host = target["input"].get("hostname", "?")
+            self.publish_data_for(identifier, f"hello {host}\n", "stdout")
+            if host == "fail":
+                self.publish_exit_status_for(identifier, 1)
+        self.publish_exit_status(0)
+
+    async def refresh(self) -> None:
+        pass
+
+
+class EchoGroupLauncher(GroupLauncher):
+    runner_class = EchoGroupRunner
