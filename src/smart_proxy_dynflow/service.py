@@ -70,8 +70,7 @@ def build_authorizer(settings: CoreSettings) -> Any:
     """Over HTTPS only the proxy's own client certificate is accepted (§2.2)."""
     if not settings.use_https:
         return None
-    cert = settings.foreman_client_cert()
-    path = cert[0] if cert else settings.ssl_certificate
+    path = settings.foreman_cert_file()
     if not path:
         raise TLSConfigError(
             "use_https needs foreman_ssl_cert or ssl_certificate: the client certificate "
@@ -149,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
             settings.daemonize = args.daemonize
         if args.pid_file:
             settings.pid_file = args.pid_file
-        setup_logging(settings.log_file, settings.log_level, name=PROG)
+        setup_logging(
+            settings.log_file,
+            settings.log_level,
+            file_pattern=settings.file_logging_pattern,
+            system_pattern=settings.system_logging_pattern,
+            rolling_size=int(settings.file_rolling_size),
+            rolling_keep=int(settings.file_rolling_keep),
+            name=PROG,
+        )
         if settings.use_https:
             # Fail fast, before daemonizing, on unreadable certificates.
             build_authorizer(settings)

@@ -420,3 +420,34 @@ async def test_many_concurrent_launches(service):
     for i, task_id in enumerate(ids):
         data = await wait_stopped(service, task_id)
         assert data["actions"][0]["output"]["result"][0]["output"] == f"{i}\n"
+
+
+async def test_restart_while_a_local_command_runs_reports_an_unknown_result(tmp_path, foreman):
+    """A process runner cannot be found again after a restart: EXCEPTION, and Foreman hears it."""
+    config = make_config(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", foreman.url)
+    async with core_service(config) as svc:
+        response = await svc.client.post(
+            "/tasks/launch",
+            json={
+                "operation": "single",
+                "input": {
+                    "action_class": RUN_SCRIPT,
+                    "action_input": {"script": "echo before; sleep 30", "callback": callback()},
+                },
+            },
+        )
+        task_id = response.json()["task_id"]
+
+        async def printed() -> Any:
+            output = (await status(svc, task_id))["actions"][0]["output"]
+            return any("before" in r["output"] for r in output.get("result", []))
+
+        await wait_for(printed)
+    async with core_service(config) as svc:
+        data = await wait_stopped(svc, task_id)
+        output = data["actions"][0]["output"]
+        assert output["exit_status"] == "EXCEPTION"
+        assert "before\n" in [r["output"] for r in output["result"]]
+        assert "restarted" in output["result"][-1]["output"]
+        await wait_for(lambda: _async(foreman.callbacks))
+        assert foreman.callbacks[0]["data"]["exit_status"] == "EXCEPTION"

@@ -150,3 +150,48 @@ async def test_callback_gives_up_after_the_retry_timeout(tmp_path: Path):
         status = (await svc.client.get(f"/tasks/{task_id}/status")).json()
         assert status["state"] == "paused"
         assert status["actions"][0]["output"]["exit_status"] == 0
+
+
+async def test_callback_over_mutual_tls(tmp_path: Path):
+    """Foreman over HTTPS: the proxy's client certificate is sent, Foreman's is verified."""
+    import ssl
+
+    from smart_proxy.tls import server_context
+    from tests.support.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    context = server_context(pki.server_cert, pki.server_key, pki.ca_cert)
+    context.verify_mode = ssl.CERT_REQUIRED  # a real Foreman (Apache) insists on it
+    foreman = FakeForeman(ssl_context=context)
+    await foreman.start()
+    try:
+        config = make_config(
+            f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+            foreman.url,
+            foreman_ssl_ca=pki.ca_cert,
+            foreman_ssl_cert=pki.client_cert,
+            foreman_ssl_key=pki.client_key,
+        )
+        async with core_service(config) as svc:
+            (task_id,) = await launch_scripts(svc, 1)
+            plan = await wait_plan_state(svc.world, task_id)
+            assert plan.result == "success"
+        assert foreman.client_cns == [pki.client_cn]
+        assert foreman.callbacks[0]["callback"]["task_id"] == "foreman-task-0"
+
+        # A Foreman whose certificate is not signed by the configured CA is never trusted.
+        config = make_config(
+            f"sqlite+aiosqlite:///{tmp_path / 'db2.sqlite'}",
+            foreman.url,
+            foreman_ssl_ca=pki.foreign_ca_cert,
+            foreman_ssl_cert=pki.client_cert,
+            foreman_ssl_key=pki.client_key,
+        )
+        async with core_service(config) as svc:
+            (task_id,) = await launch_scripts(svc, 1)
+            await wait_for(lambda: _attempted(svc, task_id, 2))
+            plan = await svc.world.load_plan(task_id)
+            assert "CERTIFICATE_VERIFY_FAILED" in plan.actions[2].output["last_error"]
+        assert len(foreman.callbacks) == 1
+    finally:
+        await foreman.stop()

@@ -121,14 +121,18 @@ class Service:
 
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         run = len(self.procs)
-        proc = subprocess.Popen(
-            [*command(), "-1", "-c", str(self.config_dir), *args],
-            env=child_env(**env),
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.dir / f"stdout-{run}.txt", "wb"),  # noqa: SIM115 - closed by the child
-            stderr=open(self.dir / f"stderr-{run}.txt", "wb"),  # noqa: SIM115
-            cwd=self.dir,
-        )
+        with (
+            open(self.dir / f"stdout-{run}.txt", "wb") as stdout,
+            open(self.dir / f"stderr-{run}.txt", "wb") as stderr,
+        ):
+            proc = subprocess.Popen(
+                [*command(), "-1", "-c", str(self.config_dir), *args],
+                env=child_env(**env),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=self.dir,
+            )
         self.procs.append(proc)
         return proc
 
@@ -201,9 +205,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             service.kill_all()
 
 
-async def poll(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05
-) -> Any:
+async def poll(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Await ``predicate()`` (sync or async) until it is truthy; return its value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -371,9 +373,7 @@ def test_sigusr1_reopens_the_log_file(make_service) -> None:
 
 
 # ---- 5. HTTPS and the certificate serial check -------------------------------------------------
-def _legacy_client(
-    pki: Pki, maximum: ssl.TLSVersion, *, foreign: bool = False
-) -> ssl.SSLContext:
+def _legacy_client(pki: Pki, maximum: ssl.TLSVersion, *, foreign: bool = False) -> ssl.SSLContext:
     """A client able to speak TLS 1.0/1.1 (OpenSSL security level 0), with the proxy's
     certificate (or the foreign-CA one)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

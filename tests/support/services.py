@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from smart_proxy.log import RequestLogMiddleware
-from smart_proxy.server import Listener, serve
+from smart_proxy.server import Listener, client_certificate, serve
 from smart_proxy_dynflow.api import create_app
 from smart_proxy_dynflow.core import Core, CoreConfig
 
@@ -75,14 +75,19 @@ class FakeForeman:
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: Served | None = None
+    ssl_context: ssl.SSLContext | None = None
+    client_cns: list[str | None] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def app(self) -> Starlette:
         async def callback(request: Request) -> JSONResponse:
             body = await request.body()
+            cert = client_certificate(request.scope)
+            self.client_cns.append(cert.subject_cn if cert is not None else None)
             self.requests.append({"headers": dict(request.headers), "body": body})
             if self.status != 200:
                 return JSONResponse({"error": "unavailable"}, status_code=self.status)
@@ -94,7 +99,7 @@ class FakeForeman:
         )
 
     async def start(self) -> None:
-        self.served = await start_app(self.app(), self.port)
+        self.served = await start_app(self.app(), self.port, self.ssl_context)
 
     async def stop(self) -> None:
         if self.served is not None:
