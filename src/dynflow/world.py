@@ -423,6 +423,14 @@ class World:
     async def load_plan(self, plan_id: str) -> ExecutionPlan | None:
         return await self.store.load_plan(plan_id, self)
 
+    def plan_version(self, plan_id: str) -> int:
+        """A number that changes whenever this world stores a change of the plan.
+
+        Lets callers cache what they loaded (e.g. a status page) and load again only when it
+        changed. Changes made by other processes sharing the database are not seen.
+        """
+        return self.store.version(plan_id)
+
     async def find_plans(self, **options: Any) -> list[ExecutionPlan]:
         return await self.store.find_plans(self, **options)
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -40,6 +43,52 @@ Authorize = Callable[[Request], Awaitable[Response | None]]
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 STATUSES_ERROR = "'task_ids' needs to be provided and be a non-empty array of task UUIDs"
+
+
+@dataclass
+class _Cached:
+    version: int
+    expires: float
+    body: bytes
+    runner_ids: list[str]
+
+
+class StatusCache:
+    """Rendered task statuses, valid while the plan's version is unchanged (an LRU).
+
+    Every change this process stores bumps the plan's version (``world.plan_version``), so an
+    entry is served only while nothing was written since it was rendered: Foreman polling the
+    status of a job that has not moved, or of a finished one, costs no database reads. ``ttl``
+    bounds how long a change made by another process (or a deletion by the cleaner) can go
+    unnoticed.
+    """
+
+    def __init__(self, max_entries: int = 10_000, ttl: float = 60.0) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+
+    def get(self, plan_id: str, version: int) -> _Cached | None:
+        entry = self._entries.get(plan_id)
+        if entry is None:
+            return None
+        if entry.version != version or entry.expires < time.monotonic():
+            del self._entries[plan_id]
+            return None
+        self._entries.move_to_end(plan_id)
+        return entry
+
+    def put(self, plan_id: str, version: int, body: bytes, runner_ids: list[str]) -> _Cached:
+        entry = _Cached(version, time.monotonic() + self.ttl, body, runner_ids)
+        self._entries[plan_id] = entry
+        self._entries.move_to_end(plan_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return entry
+
+
+def render(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ApiError(Exception):
@@ -68,6 +117,7 @@ class TaskApi:
         self.core = core
         self.authorize = authorize or allow_all
         self.max_body_size = max_body_size
+        self.status_cache = StatusCache()
 
     # ---- request plumbing -----------------------------------------------------------------------
     async def body(self, request: Request, *, required: bool = True) -> dict[str, Any]:
@@ -184,10 +234,10 @@ class TaskApi:
 
     async def task_status(self, request: Request) -> Response:
         """``GET /tasks/:id/status``: the plan hash plus its actions; 404 ``{}`` if unknown."""
-        plan = await self.core.world.load_plan(request.path_params["task_id"])
-        if plan is None:
+        body = await self.status_body(request.path_params["task_id"])
+        if body is None:
             return JSONResponse({}, status_code=404)
-        return JSONResponse(await self.present(plan))
+        return Response(body, media_type="application/json")
 
     async def bulk_status(self, request: Request) -> Response:
         """``POST /tasks/status``: state and result of each known id (unknown ones absent)."""
@@ -200,13 +250,13 @@ class TaskApi:
         """``POST /tasks/statuses``: the full status of each known id."""
         ids = self.task_ids(await self.body(request, required=False), required=True)
         known = await self.core.world.plan_statuses({"uuid": ids})
-        result: dict[str, Any] = {}
-        for task_id in ids:
-            if task_id in known and task_id not in result:
-                plan = await self.core.world.load_plan(task_id)
-                if plan is not None:
-                    result[task_id] = await self.present(plan)
-        return JSONResponse(result)
+        parts: list[bytes] = []
+        for task_id in dict.fromkeys(ids):
+            if task_id in known:
+                body = await self.status_body(task_id)
+                if body is not None:
+                    parts.append(render(task_id) + b":" + body)
+        return Response(b"{" + b",".join(parts) + b"}", media_type="application/json")
 
     async def count(self, request: Request) -> Response:
         """``GET /tasks/count?state=``: plans in a state (all of them without ``state``)."""
@@ -267,10 +317,33 @@ class TaskApi:
             raise ApiError(422, "'task_ids' must be an array of task UUID strings")
         return ids
 
-    async def present(self, plan: Any) -> dict[str, Any]:
-        """The plan hash plus ``actions``, with live runner output and secrets redacted (§1.5)."""
+    async def status_body(self, task_id: str) -> bytes | None:
+        """The rendered status of a task (None if unknown), cached while the plan is unchanged.
+
+        Like the original, asking for the status asks the task's running runners for fresh
+        output (§4.6); it arrives as a change of the plan, so the next request shows it.
+        """
+        world = self.core.world
+        version = world.plan_version(task_id)
+        cached = self.status_cache.get(task_id, version)
+        if cached is None:
+            plan = await world.load_plan(task_id)
+            if plan is None:
+                return None
+            data, runner_ids = await self.present(plan)
+            cached = self.status_cache.put(task_id, version, render(data), runner_ids)
+        for runner_id in cached.runner_ids:
+            self.core.dispatcher.refresh_output(runner_id)
+        return cached.body
+
+    async def present(self, plan: Any) -> tuple[dict[str, Any], list[str]]:
+        """The plan hash plus ``actions``, with live runner output and secrets redacted (§1.5).
+
+        Also returns the ids of the runners still running for it.
+        """
         data = plan.to_hash()
         actions = []
+        runner_ids: list[str] = []
         world = self.core.world
         for action in sorted(plan.actions.values(), key=lambda a: a.id):
             entry = action.to_hash()
@@ -282,14 +355,14 @@ class TaskApi:
                     chunks = await world.output_chunks(plan.id, action.id)
                     output = RunnerAction.live_output(output, chunks)
                     if state in ("running", "suspended") and output.get("runner_id"):
-                        self.core.dispatcher.refresh_output(output["runner_id"])
+                        runner_ids.append(output["runner_id"])
             entry["output"] = output
             entry["input"] = redact(entry.get("input") or {})
             for middleware in world.middleware_for(type(action)):
                 entry = middleware.present(action, entry)
             actions.append(entry)
         data["actions"] = actions
-        return data
+        return data, runner_ids
 
     # ---- the application ------------------------------------------------------------------------
     def routes(self) -> list[Route]:

@@ -220,6 +220,10 @@ class Store:
         self._shared_lock: asyncio.Lock | None = asyncio.Lock() if self.memory else None
         self.writer = Writer(self.engine, lock=self._shared_lock)
         self._insert_ignore = self._make_insert_ignore()
+        # Bumped after every committed write of a resource (a plan id): readers that cache
+        # what they loaded compare versions instead of reading again.
+        self._write_seq = 0
+        self._versions: dict[str, int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _create_engine(self, pool_size: int) -> AsyncEngine:
@@ -303,7 +307,18 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------------------------
     async def write(self, resource: str, stmts: Sequence[Stmt]) -> bool:
-        return await self.writer.write(Write(resource, stmts))
+        try:
+            return await self.writer.write(Write(resource, stmts))
+        finally:
+            self._bump(resource)
+
+    def _bump(self, resource: str) -> None:
+        self._write_seq += 1
+        self._versions[resource] = self._write_seq
+
+    def version(self, resource: str) -> int:
+        """Changes after each write of ``resource`` by this process (0: never written here)."""
+        return self._versions.get(resource, 0)
 
     @staticmethod
     def insert_plan_stmts(plan: ExecutionPlan) -> list[Stmt]:
@@ -662,6 +677,8 @@ class Store:
             Stmt(delete(execution_plans).where(execution_plans.c.uuid.in_(ids)), {}),
         ]
         await self.write(f"delete:{uuidlib.uuid4()}", stmts)
+        for plan_id in ids:
+            self._versions.pop(plan_id, None)
         return len(ids)
 
     async def find_old_plans(
