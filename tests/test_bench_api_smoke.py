@@ -11,8 +11,11 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "api.py"
 FIGURES = {
     "status_latency_p50_ms",
     "status_latency_p99_ms",
+    "status_running_latency_p50_ms",
+    "status_running_latency_p99_ms",
     "batch_1000_planned_s",
     "bulk_status_1000_ms",
+    "status_uncached_p50_ms",
 }
 
 
