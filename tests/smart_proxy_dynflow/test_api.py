@@ -451,3 +451,15 @@ async def test_restart_while_a_local_command_runs_reports_an_unknown_result(tmp_
         assert "restarted" in output["result"][-1]["output"]
         await wait_for(lambda: _async(foreman.callbacks))
         assert foreman.callbacks[0]["data"]["exit_status"] == "EXCEPTION"
+
+
+async def test_odd_task_ids_are_unknown_on_every_store(service_any_db):
+    svc = service_any_db
+    for task_id in ("x" * 300, "not-a-uuid", "%20", "1;DROP TABLE x"):
+        response = await svc.client.get(f"/tasks/{task_id}/status")
+        assert response.status_code == 404 and response.json() == {}
+        response = await svc.client.post(f"/tasks/{task_id}/cancel")
+        assert response.status_code == 404 and "not found" in response.json()["error"]
+    body = {"task_ids": ["x" * 300, "not-a-uuid"]}
+    assert (await svc.client.post("/tasks/status", json=body)).json() == {}
+    assert (await svc.client.post("/tasks/statuses", json=body)).json() == {}
