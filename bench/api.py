@@ -48,7 +48,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import signal
 import socket
 import statistics
@@ -63,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pgdb  # bench/pgdb.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -73,9 +73,6 @@ STORE_SQLITE = "sqlite-file"
 STORE_PG = "postgresql"
 STORES = (STORE_SQLITE, STORE_PG)
 
-PG_HOST = os.environ.get("DYNFLOW_BENCH_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DYNFLOW_BENCH_PG_PORT", "5432"))
-PG_USER = os.environ.get("DYNFLOW_BENCH_PG_USER", "postgres")
 PG_PREFIX = "dynflow_apibench_"
 
 TRIVIAL = "Bench::Trivial"
@@ -562,42 +559,14 @@ def run_async(coro: Awaitable[None]) -> None:
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=5
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_create() -> str:
-    name = PG_PREFIX + secrets.token_hex(6)
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    return name
-
-
-def pg_drop(name: str) -> None:
-    asyncio.run(
-        _pg_admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
-    )
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"'))
-
-
 # ---- orchestration ------------------------------------------------------------------------------
 def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) -> None:
     database_name: str | None = None
     if store == STORE_PG:
         try:
-            database_name = pg_create()
+            database_name = pgdb.create(PG_PREFIX)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server skips it
-            reason = f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {exc!r}"
+            reason = f"PostgreSQL at {pgdb.PG_HOST}:{pgdb.PG_PORT} unreachable: {exc!r}"
             for figures in STAGES.values():
                 for figure in figures:
                     emit({"figure": figure, "skipped": reason, "store": store})
@@ -608,7 +577,7 @@ def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) ->
             if database_name is None:
                 database = str(workdir / "dynflow.sqlite")
             else:
-                database = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{database_name}"
+                database = pgdb.url(database_name, "postgresql")
             profile_file = None
             if profile is not None:
                 profile.mkdir(parents=True, exist_ok=True)
@@ -629,7 +598,7 @@ def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) ->
                 service.stop()
     finally:
         if database_name is not None:
-            pg_drop(database_name)
+            pgdb.drop(database_name)
 
 
 def main(argv: list[str] | None = None) -> None:

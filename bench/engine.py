@@ -34,8 +34,6 @@ import argparse
 import asyncio
 import cProfile
 import json
-import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -49,15 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
+import pgdb  # noqa: E402  (bench/pgdb.py, next to this script)
+
 from dynflow import Action, World  # noqa: E402
 
 STORE_SQLITE = "sqlite-file"
 STORE_PG = "postgresql"
 STORES = (STORE_SQLITE, STORE_PG)
 
-PG_HOST = os.environ.get("DYNFLOW_BENCH_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DYNFLOW_BENCH_PG_PORT", "5432"))
-PG_USER = os.environ.get("DYNFLOW_BENCH_PG_USER", "postgres")
 PG_PREFIX = "dynflow_bench_"
 
 POOL_SIZE = 5
@@ -333,46 +330,6 @@ def spawn_child(
     return lines
 
 
-async def _pg_admin(sql: str, database: str = "postgres") -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database=database, timeout=5
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_create() -> str:
-    name = PG_PREFIX + secrets.token_hex(6)
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    return name
-
-
-def pg_drop(name: str) -> None:
-    asyncio.run(
-        _pg_admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
-    )
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"'))
-
-
-def pg_truncate(name: str) -> None:
-    sql = """
-    DO $$ DECLARE names text; BEGIN
-      SELECT string_agg(format('%I', tablename), ', ') INTO names FROM pg_tables
-       WHERE schemaname = 'public' AND tablename LIKE 'dynflow\\_%'
-         AND tablename <> 'dynflow_schema_version';
-      IF names IS NOT NULL THEN EXECUTE 'TRUNCATE TABLE ' || names || ' CASCADE'; END IF;
-    END $$;
-    """
-    asyncio.run(_pg_admin(sql, name))
-
-
 def run_store(store: str, figures: Figures, timeout: float, profile: Path | None) -> None:
     if store == STORE_SQLITE:
         with tempfile.TemporaryDirectory(prefix="dynflow-bench-") as tmp:
@@ -384,22 +341,22 @@ def run_store(store: str, figures: Figures, timeout: float, profile: Path | None
                     emit(line)
         return
     try:
-        database = pg_create()
+        database = pgdb.create(PG_PREFIX)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the server skips PostgreSQL
-        reason = f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {exc!r}"
+        reason = f"PostgreSQL at {pgdb.PG_HOST}:{pgdb.PG_PORT} unreachable: {exc!r}"
         for names in CHILDREN.values():
             for figure in names:
                 emit({"figure": figure, "skipped": reason, "store": store})
         return
     try:
-        url = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+        url = pgdb.url(database)
         for index, name in enumerate(CHILDREN):
             if index:
-                pg_truncate(database)
+                pgdb.truncate_dynflow_tables(database)
             for line in spawn_child(name, url, store, child_n(name, figures), timeout, profile):
                 emit(line)
     finally:
-        pg_drop(database)
+        pgdb.drop(database)
 
 
 def main(argv: list[str] | None = None) -> None:

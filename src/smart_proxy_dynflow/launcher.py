@@ -147,8 +147,6 @@ class SingleLauncher(Launcher):
 class BatchLauncher(Launcher):
     """``{"<task uuid>": {"action_class", "action_input"}, ...}`` → a parent and children."""
 
-    parent_action: ClassVar[type[Action] | None] = None
-
     def validate(self, input: Any) -> None:
         if not isinstance(input, dict) or not input:
             raise LaunchInputError("input must be a non-empty object keyed by task UUIDs")
@@ -163,9 +161,14 @@ class BatchLauncher(Launcher):
             raise DuplicateTask(
                 "tasks with these ids exist already: " + ", ".join(sorted(existing))
             )
-        parent = self.parent_action or BatchAction
-        result = await self.core.world.trigger(parent, input_hash=input, launcher=self.to_hash())
+        result = await self.core.world.trigger(
+            self.parent_action(), input_hash=input, launcher=self.to_hash()
+        )
         return {"parent": format_result(result)}
+
+    def parent_action(self) -> type[Action]:
+        """The action of the parent plan."""
+        return BatchAction
 
     async def spawn_children(self, parent: Action, input_hash: dict[str, Any]) -> dict[str, int]:
         """Plan every child not planned yet (a restart may have cut an earlier run short)."""
@@ -220,17 +223,8 @@ class GroupLauncher(BatchLauncher):
 
     runner_class: ClassVar[type[ParentRunner]]
 
-    async def launch(self, input: Any) -> dict[str, Any]:
-        self.validate(input)
-        existing = await self.core.world.plan_statuses({"uuid": list(input)})
-        if existing:
-            raise DuplicateTask(
-                "tasks with these ids exist already: " + ", ".join(sorted(existing))
-            )
-        result = await self.core.world.trigger(
-            SingleRunnerBatchAction, input_hash=input, launcher=self.to_hash()
-        )
-        return {"parent": format_result(result)}
+    def parent_action(self) -> type[Action]:
+        return SingleRunnerBatchAction
 
     async def spawn_child(self, parent: Action, key: str, entry: dict[str, Any]) -> Any:
         action_input = self.transform_input(entry["action_input"])

@@ -10,20 +10,10 @@ from typing import Any
 import pytest
 
 from smart_proxy.log import reset_logging, setup_logging
-from tests.support.services import FakeForeman, core_service, make_config
+from tests.support.services import FakeForeman, core_service, make_config, run_script
 from tests.support.waiting import wait_for, wait_plan_state
 
 RUN_SCRIPT = "ForemanRemoteExecutionCore::Actions::RunScript"
-
-
-@pytest.fixture
-async def foreman():
-    f = FakeForeman()
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 @pytest.fixture
@@ -184,17 +174,13 @@ async def test_launch_single_runs_a_runner_and_calls_foreman_back(service_any_db
     svc = service_any_db
     response = await svc.client.post(
         "/tasks/launch",
-        json={
-            "operation": "single",
-            "input": {
-                "action_class": RUN_SCRIPT,
-                "action_input": {
-                    "script": "echo hello; echo oops >&2; exit 3",
-                    "callback": callback("c1d2e3f4-0000-4000-8000-000000000001", 3),
-                    "proxy_url": "https://proxy.example.com:9090",
-                },
-            },
-        },
+        json=run_script(
+            {
+                "script": "echo hello; echo oops >&2; exit 3",
+                "callback": callback("c1d2e3f4-0000-4000-8000-000000000001", 3),
+                "proxy_url": "https://proxy.example.com:9090",
+            }
+        ),
     )
     assert response.status_code == 200
     body = response.json()
@@ -322,13 +308,7 @@ async def test_live_output_while_running_and_status_triggers_refresh(tmp_path, f
     async with core_service(config) as svc:
         response = await svc.client.post(
             "/tasks/launch",
-            json={
-                "operation": "single",
-                "input": {
-                    "action_class": RUN_SCRIPT,
-                    "action_input": {"script": "echo first; sleep 0.3; echo second; sleep 30"},
-                },
-            },
+            json=run_script({"script": "echo first; sleep 0.3; echo second; sleep 30"}),
         )
         task_id = response.json()["task_id"]
 
@@ -347,13 +327,7 @@ async def test_live_output_while_running_and_status_triggers_refresh(tmp_path, f
 async def test_execution_timeout_kills_the_command(service):
     response = await service.client.post(
         "/tasks/launch",
-        json={
-            "operation": "single",
-            "input": {
-                "action_class": RUN_SCRIPT,
-                "action_input": {"script": "sleep 30", "execution_timeout_interval": 0.3},
-            },
-        },
+        json=run_script({"script": "sleep 30", "execution_timeout_interval": 0.3}),
     )
     data = await wait_stopped(service, response.json()["task_id"])
     output = data["actions"][0]["output"]
@@ -370,17 +344,13 @@ async def test_secrets_are_redacted_in_status_and_logs(service, tmp_path):
     secret = "hunter2-secret-value"
     response = await service.client.post(
         "/tasks/launch",
-        json={
-            "operation": "single",
-            "input": {
-                "action_class": RUN_SCRIPT,
-                "action_input": {
-                    "script": "true",
-                    "secrets": {"ssh_password": secret, "key_passphrase": secret},
-                    "effective_user_password": secret,
-                },
-            },
-        },
+        json=run_script(
+            {
+                "script": "true",
+                "secrets": {"ssh_password": secret, "key_passphrase": secret},
+                "effective_user_password": secret,
+            }
+        ),
     )
     task_id = response.json()["task_id"]
     await wait_plan_state(service.world, task_id)
@@ -409,10 +379,7 @@ async def test_many_concurrent_launches(service):
     async def launch(i: int) -> str:
         response = await service.client.post(
             "/tasks/launch",
-            json={
-                "operation": "single",
-                "input": {"action_class": RUN_SCRIPT, "action_input": {"script": f"echo {i}"}},
-            },
+            json=run_script({"script": f"echo {i}"}),
         )
         return response.json()["task_id"]
 
@@ -428,13 +395,7 @@ async def test_restart_while_a_local_command_runs_reports_an_unknown_result(tmp_
     async with core_service(config) as svc:
         response = await svc.client.post(
             "/tasks/launch",
-            json={
-                "operation": "single",
-                "input": {
-                    "action_class": RUN_SCRIPT,
-                    "action_input": {"script": "echo before; sleep 30", "callback": callback()},
-                },
-            },
+            json=run_script({"script": "echo before; sleep 30", "callback": callback()}),
         )
         task_id = response.json()["task_id"]
 

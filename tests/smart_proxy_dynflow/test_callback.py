@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from smart_proxy_dynflow.callback import callback_url
-from tests.support.services import FakeForeman, core_service, free_port, make_config
+from tests.support.services import FakeForeman, core_service, free_port, make_config, run_script
 from tests.support.waiting import wait_for, wait_plan_state
-
-RUN_SCRIPT = "Proxy::RemoteExecution::Ssh::Actions::RunScript"
 
 
 async def _true(value: Any) -> Any:
@@ -51,16 +49,12 @@ async def launch_scripts(svc: Any, count: int) -> list[str]:
     for i in range(count):
         response = await svc.client.post(
             "/tasks/launch",
-            json={
-                "operation": "single",
-                "input": {
-                    "action_class": RUN_SCRIPT,
-                    "action_input": {
-                        "script": f"echo job-{i}",
-                        "callback": {"task_id": f"foreman-task-{i}", "step_id": 3},
-                    },
-                },
-            },
+            json=run_script(
+                {
+                    "script": f"echo job-{i}",
+                    "callback": {"task_id": f"foreman-task-{i}", "step_id": 3},
+                }
+            ),
         )
         assert response.json()["result"] == "success"
         ids.append(response.json()["task_id"])
@@ -93,7 +87,9 @@ async def test_callbacks_wait_for_foreman_and_arrive_once(tmp_path: Path):
         await asyncio.sleep(0.5)  # any duplicate would have been sent by now
     await foreman.stop()
     assert sorted(c["callback"]["task_id"] for c in foreman.callbacks) == [
-        "foreman-task-0", "foreman-task-1", "foreman-task-2"
+        "foreman-task-0",
+        "foreman-task-1",
+        "foreman-task-2",
     ]
     assert all(c["data"]["exit_status"] == 0 for c in foreman.callbacks)
 
@@ -121,7 +117,8 @@ async def test_callbacks_survive_a_restart_of_the_service(db_url: str):
                 assert plan.result == "success"
             await asyncio.sleep(0.5)
         assert sorted(c["callback"]["task_id"] for c in foreman.callbacks) == [
-            "foreman-task-0", "foreman-task-1"
+            "foreman-task-0",
+            "foreman-task-1",
         ]
         outputs = sorted(c["data"]["result"][0]["output"] for c in foreman.callbacks)
         assert outputs == ["job-0\n", "job-1\n"]

@@ -5,22 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
-
 from smart_proxy_dynflow.launcher import BatchLauncher, SingleLauncher
 from tests.support.local_command import HelloWorld
-from tests.support.services import FakeForeman, core_service, make_config
+from tests.support.services import core_service, make_config
 from tests.support.waiting import wait_for, wait_plan_state
-
-
-@pytest.fixture
-async def foreman():
-    f = FakeForeman()
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def test_single_plans_the_action_with_the_callback_host(db_url, foreman):

@@ -166,3 +166,13 @@ async def core_service(
             await served.stop()
     finally:
         await core.stop()
+
+
+def run_script(action_input: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``POST /tasks/launch`` running the test's RunScript with ``action_input``."""
+    from .local_command import RUN_SCRIPT_NAMES
+
+    return {
+        "operation": "single",
+        "input": {"action_class": RUN_SCRIPT_NAMES[0], "action_input": action_input},
+    }
