@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -155,17 +154,6 @@ async def test_foreign_ca_client_certificate_fails_the_handshake(pki: Pki) -> No
     assert app.calls == 1
 
 
-def _legacy_client(pki: Pki, maximum: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(pki.ca_cert)
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = maximum
-    return ctx
-
-
 async def _handshake(port: int, ctx: ssl.SSLContext) -> str:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 5
@@ -182,8 +170,10 @@ async def test_tls11_client_is_refused(pki: Pki) -> None:
     async with running(app, [listener]):
         assert listener.bound_port is not None
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await _handshake(listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_1))
-        version = await _handshake(listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2))
+            await _handshake(listener.bound_port, pki.legacy_client_context(ssl.TLSVersion.TLSv1_1))
+        version = await _handshake(
+            listener.bound_port, pki.legacy_client_context(ssl.TLSVersion.TLSv1_2)
+        )
         assert version == "TLSv1.2"
 
 
@@ -193,7 +183,7 @@ async def test_listener_with_tls12_disabled_refuses_a_tls12_only_client(pki: Pki
     async with running(app, [listener]):
         assert listener.bound_port is not None
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await _handshake(listener.bound_port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2))
+            await _handshake(listener.bound_port, pki.legacy_client_context(ssl.TLSVersion.TLSv1_2))
         assert await _handshake(listener.bound_port, pki.client_ssl_context()) == "TLSv1.3"
 
 

@@ -24,18 +24,6 @@ def _tls12_ciphers(ctx: ssl.SSLContext) -> list[str]:
     return [c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3"]
 
 
-def _legacy_client(pki: Pki, maximum: ssl.TLSVersion) -> ssl.SSLContext:
-    """A client that is able to speak TLS 1.0/1.1 (OpenSSL security level 0)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(pki.ca_cert)
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = maximum
-    return ctx
-
-
 class _EchoServer:
     """asyncio TLS server answering with the version and the client cert serial."""
 
@@ -201,7 +189,7 @@ async def test_client_context_verifies_the_server(pki: Pki) -> None:
 
 
 async def test_tls11_client_is_refused_but_can_talk_to_a_legacy_server(pki: Pki) -> None:
-    client = _legacy_client(pki, ssl.TLSVersion.TLSv1_1)
+    client = pki.legacy_client_context(ssl.TLSVersion.TLSv1_1)
 
     # Control: the same client completes a TLS 1.1 handshake with a server allowing it.
     legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -225,7 +213,7 @@ async def test_disabled_tls12_refuses_a_tls12_only_client(pki: Pki) -> None:
     )
     async with _EchoServer(server) as echo:
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await echo.talk(_legacy_client(pki, ssl.TLSVersion.TLSv1_2))
+            await echo.talk(pki.legacy_client_context(ssl.TLSVersion.TLSv1_2))
         assert (await echo.talk(tls.client_context(cafile=pki.ca_cert))).startswith("TLSv1.3")
 
 

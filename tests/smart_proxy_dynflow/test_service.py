@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.certs import Pki, make_pki
+from tests.support.certs import make_pki
 from tests.support.services import FakeForeman, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,23 +372,6 @@ def test_sigusr1_reopens_the_log_file(make_service) -> None:
 
 
 # ---- 5. HTTPS and the certificate serial check -------------------------------------------------
-def _legacy_client(pki: Pki, maximum: ssl.TLSVersion, *, foreign: bool = False) -> ssl.SSLContext:
-    """A client able to speak TLS 1.0/1.1 (OpenSSL security level 0), with the proxy's
-    certificate (or the foreign-CA one)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(pki.ca_cert)
-    if foreign:
-        ctx.load_cert_chain(pki.foreign_client_cert, pki.foreign_client_key)
-    else:
-        ctx.load_cert_chain(pki.client_cert, pki.client_key)
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = maximum
-    return ctx
-
-
 def _raw_get(port: int, ctx: ssl.SSLContext) -> tuple[str, bytes]:
     """TLS version and first bytes of the answer to a GET over a raw TLS connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
@@ -443,7 +425,12 @@ def test_https_accepts_only_the_proxy_certificate(make_service, tmp_path: Path) 
     foreign = pki.client_ssl_context(cert=pki.foreign_client_cert, key=pki.foreign_client_key)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         # TLS 1.2: the server checks the certificate inside the handshake
-        _raw_get(service.port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2, foreign=True))
+        _raw_get(
+            service.port,
+            pki.legacy_client_context(
+                ssl.TLSVersion.TLSv1_2, cert=pki.foreign_client_cert, key=pki.foreign_client_key
+            ),
+        )
     try:
         # TLS 1.3: the client's handshake ends first, then the server drops the connection
         _, answer = _raw_get(service.port, foreign)
@@ -456,8 +443,16 @@ def test_https_accepts_only_the_proxy_certificate(make_service, tmp_path: Path) 
 
     # TLS 1.1 is refused; the same client capped at TLS 1.2 gets in (control).
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        _raw_get(service.port, _legacy_client(pki, ssl.TLSVersion.TLSv1_1))
-    version, answer = _raw_get(service.port, _legacy_client(pki, ssl.TLSVersion.TLSv1_2))
+        _raw_get(
+            service.port,
+            pki.legacy_client_context(
+                ssl.TLSVersion.TLSv1_1, cert=pki.client_cert, key=pki.client_key
+            ),
+        )
+    version, answer = _raw_get(
+        service.port,
+        pki.legacy_client_context(ssl.TLSVersion.TLSv1_2, cert=pki.client_cert, key=pki.client_key),
+    )
     assert version == "TLSv1.2"
     assert answer.startswith(b"HTTP/1.1 200")
 

@@ -24,6 +24,7 @@ import datetime as dt
 import ipaddress
 import itertools
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,25 @@ class Pki:
     foreign_client_cert: str
     foreign_client_key: str
     foreign_client_serial: int
+
+    def legacy_client_context(
+        self,
+        maximum: ssl.TLSVersion,
+        *,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> ssl.SSLContext:
+        """A client able to speak TLS 1.0 up to ``maximum`` (OpenSSL security level 0)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.ca_cert)
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = maximum
+        return ctx
 
     def client_ssl_context(
         self, *, cert: str | None = None, key: str | None = None
