@@ -10,7 +10,7 @@ PIP_TOOLS_VENV := $(VENV)-piptools
 PYTEST_ARGS ?=
 LOCK_ARGS   ?=
 
-.PHONY: venv run demo test lint bench lock clean
+.PHONY: venv run run-core run-relay demo test lint bench lock clean
 
 venv: $(STAMP)
 
@@ -21,10 +21,19 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
-# The standalone core service on 127.0.0.1:8008 with config/settings.yml (SQLite in ./var).
+# The Smart Proxy on http://127.0.0.1:8000 with the dynflow plugin in-process (config/, ./var).
 run: venv
 	@mkdir -p var
-	$(VENV)/bin/smart-proxy-dynflow-core -c config
+	$(VENV)/bin/smart-proxy -c config
+
+# The standalone core service on 127.0.0.1:8008 with config/core/settings.yml (SQLite in ./var).
+run-core: venv
+	@mkdir -p var
+	$(VENV)/bin/smart-proxy-dynflow-core -c config/core
+
+# The Smart Proxy on 127.0.0.1:8000 relaying /dynflow to the core of `make run-core`.
+run-relay: venv
+	$(VENV)/bin/smart-proxy -c config/relay
 
 # The workflow engine on its own: a demo of plans, events and recovery.
 demo: venv

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,6 +26,12 @@ from pydantic import (
 )
 
 from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, LEVELS
+
+# The YAML helpers live in smart_proxy.settings (shared with the Smart Proxy host); they stay
+# importable from here under their old names.
+from smart_proxy.settings import SettingsError as SettingsError
+from smart_proxy.settings import normalise_keys as normalise_keys
+from smart_proxy.settings import read_settings_file as read_settings_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +47,6 @@ _INTERNAL_KEYS = frozenset({"standalone", "loaded"})
 _HTTPS_FILES = ("ssl_ca_file", "ssl_certificate", "ssl_private_key")
 
 
-class SettingsError(Exception):
-    """Settings cannot be loaded; the message is one line, fit for a CLI error."""
-
-
 def normalise_db_url(url: str) -> str:
     """SQLAlchemy async URL for a database URL (``postgres://`` → ``postgresql+asyncpg://``,
     ``sqlite://`` → ``sqlite+aiosqlite://``; URLs naming a driver are kept)."""
@@ -59,6 +60,23 @@ def normalise_db_url(url: str) -> str:
     if scheme == "sqlite":
         return f"sqlite+aiosqlite://{rest}"
     return f"{scheme}://{rest}"
+
+
+def database_url(database: str | None) -> str:
+    """SQLAlchemy async URL of the ``database`` setting; ``$DYNFLOW_DB_CONN_STRING`` wins.
+
+    Unset or blank means the durable default file; ``:memory:`` an in-memory database; a URL
+    is taken as it is; a relative path is relative to the current working directory.
+    """
+    env = os.environ.get(DB_ENV, "").strip()
+    if env:
+        return normalise_db_url(env)
+    database = (database or "").strip() or DEFAULT_DATABASE
+    if database == MEMORY_DATABASE:
+        return "sqlite+aiosqlite:///:memory:"
+    if "://" in database:
+        return normalise_db_url(database)
+    return "sqlite+aiosqlite:///" + os.path.abspath(os.path.expanduser(database))
 
 
 class CoreSettings(BaseModel):
@@ -205,19 +223,8 @@ class CoreSettings(BaseModel):
 
     @property
     def db_url(self) -> str:
-        """SQLAlchemy async URL: ``$DYNFLOW_DB_CONN_STRING`` if set, else ``database``.
-
-        A relative database path is relative to the current working directory.
-        """
-        env = os.environ.get(DB_ENV, "").strip()
-        if env:
-            return normalise_db_url(env)
-        database = self.database
-        if database == MEMORY_DATABASE:
-            return "sqlite+aiosqlite:///:memory:"
-        if "://" in database:
-            return normalise_db_url(database)
-        return "sqlite+aiosqlite:///" + os.path.abspath(os.path.expanduser(database))
+        """SQLAlchemy async URL: ``$DYNFLOW_DB_CONN_STRING`` if set, else ``database``."""
+        return database_url(self.database)
 
     @property
     def database_path(self) -> Path | None:
@@ -259,48 +266,11 @@ class CoreSettings(BaseModel):
 # ---- loading ------------------------------------------------------------------------------------
 
 
-def normalise_keys(value: Any) -> Any:
-    """Strip the leading ``:`` of Ruby symbol keys, recursively (mappings and lists)."""
-    if isinstance(value, Mapping):
-        result: dict[str, Any] = {}
-        for key, item in value.items():
-            name = str(key)
-            if name.startswith(":"):
-                name = name[1:]
-            result[name] = normalise_keys(item)
-        return result
-    if isinstance(value, list):
-        return [normalise_keys(item) for item in value]
-    return value
-
-
-def read_settings_file(path: str | Path) -> dict[str, Any]:
-    """One YAML settings file as a dict with normalised keys (an empty file is ``{}``)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise SettingsError(f"{path}: cannot read settings: {reason}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SettingsError(f"{path}: invalid YAML{where}: {problem}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise SettingsError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    return normalise_keys(data)
-
-
 def package_config_dir() -> Path | None:
-    """``config/`` of a source checkout (next to ``pyproject.toml``), None when installed."""
+    """``config/core/`` of a source checkout (next to ``pyproject.toml``), None when installed."""
     root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "config").is_dir():
-        return root / "config"
+    if (root / "pyproject.toml").is_file() and (root / "config" / "core").is_dir():
+        return root / "config" / "core"
     return None
 
 

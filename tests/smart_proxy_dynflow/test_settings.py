@@ -290,7 +290,7 @@ def test_explicit_config_dir_must_exist(tmp_path: Path) -> None:
 
 
 def test_repository_development_config() -> None:
-    repo_config = Path(__file__).resolve().parents[2] / "config"
+    repo_config = Path(__file__).resolve().parents[2] / "config" / "core"
     settings = load_settings(default_dirs=[repo_config])
     assert settings.log_file == "STDOUT"
     assert settings.log_level == "INFO"
@@ -300,7 +300,7 @@ def test_repository_development_config() -> None:
 
 
 def test_example_config_lists_valid_keys(tmp_path: Path) -> None:
-    repo_config = Path(__file__).resolve().parents[2] / "config"
+    repo_config = Path(__file__).resolve().parents[2] / "config" / "core"
     lines = (repo_config / "settings.yml.example").read_text().splitlines()
     uncommented = "\n".join(line[1:] if line.startswith("#:") else line for line in lines)
     conf = _dir(tmp_path, "conf", uncommented.replace(":use_https: true", ":use_https: false"))

@@ -1,0 +1,149 @@
+"""The ``dynflow`` plugin of the Smart Proxy (``settings.d/dynflow.yml``).
+
+Two ways to serve ``/dynflow/*``:
+
+* **in-process** (default): the plugin runs a :class:`~smart_proxy_dynflow.core.Core` inside the
+  proxy and mounts the task API with the proxy's ``authorize_any`` (one-time passwords on
+  update/done as in the standalone service);
+* **relay** (``external_core: true``): every request is forwarded to the standalone
+  ``smart-proxy-dynflow-core`` at ``core_url`` (:mod:`smart_proxy_dynflow.relay`).
+
+Other proxy plugins that bring actions (the SSH plugin) declare ``requires = {"dynflow": ...}``
+and register into ``host.plugin("dynflow").core`` when they start. The launcher operations are
+advertised as capabilities in ``/v2/features``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from smart_proxy.plugin import Plugin, Validation
+
+from .api import create_app
+from .core import Core, CoreConfig
+from .relay import Relay
+from .settings import database_url
+
+log = logging.getLogger("smart_proxy_dynflow.plugin")
+
+try:
+    VERSION = package_version("smart-proxy-dynflow")
+except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+    VERSION = "0.0.0"
+
+
+def _operations(plugin: DynflowPlugin) -> list[str]:
+    return plugin.operations()
+
+
+class DynflowPlugin(Plugin):
+    name = "dynflow"
+    version = VERSION
+    settings_file = "dynflow.yml"
+    mount_path = "/dynflow"
+    default_settings: ClassVar[dict[str, Any]] = {
+        "console_auth": True,
+        "execution_plan_cleaner_age": 1800,
+        "core_url": "http://localhost:8008",
+        "external_core": False,
+        "pool_size": 5,
+        "runner_refresh_interval": 1.0,
+        "callback_retry_interval": 2.0,
+        "callback_retry_max_interval": 300.0,
+        "callback_retry_timeout": 86400.0,
+    }
+    validations: ClassVar[list[Validation]] = [
+        Validation("external_core", "boolean"),
+        Validation("console_auth", "boolean"),
+        Validation("core_url", "url", when=lambda settings: bool(settings.get("external_core"))),
+    ]
+    capabilities: ClassVar[list[Any]] = [_operations]
+
+    core: Core | None = None
+    relay: Relay | None = None
+    _relay_operations: list[str]
+
+    @property
+    def external(self) -> bool:
+        return bool(self.settings.get("external_core"))
+
+    def core_config(self) -> CoreConfig:
+        proxy = self.host.settings
+        cert = proxy.foreman_client_cert()
+        return CoreConfig(
+            db_url=database_url(self.settings.get("database")),
+            pool_size=int(self.settings["pool_size"]),
+            execution_plan_cleaner_age=float(self.settings["execution_plan_cleaner_age"]),
+            runner_refresh_interval=float(self.settings["runner_refresh_interval"]),
+            foreman_url=proxy.foreman_url or "https://127.0.0.1:3000",
+            foreman_ssl_ca=proxy.foreman_ca(),
+            foreman_ssl_cert=cert[0] if cert else None,
+            foreman_ssl_key=cert[1] if cert else None,
+            callback_retry_interval=float(self.settings["callback_retry_interval"]),
+            callback_retry_max_interval=float(self.settings["callback_retry_max_interval"]),
+            callback_retry_timeout=float(self.settings["callback_retry_timeout"]),
+        )
+
+    async def start(self) -> None:
+        if self.external:
+            proxy = self.host.settings
+            cert = proxy.foreman_client_cert()
+            self.relay = Relay(
+                str(self.settings["core_url"]),
+                authorize=self.host.authorizer.authorize_any,
+                cafile=proxy.foreman_ca(),
+                certfile=cert[0] if cert else None,
+                keyfile=cert[1] if cert else None,
+            )
+            self._relay_operations = []
+            self._refresher = asyncio.create_task(self._refresh_operations())
+            log.info("Dynflow requests are relayed to %s", self.settings["core_url"])
+            return
+        self.core = Core(self.core_config())
+        await self.core.start()
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            await self.relay.aclose()
+        if self.core is not None:
+            await self.core.stop()
+
+    def asgi_app(self, protocol: Literal["http", "https"]) -> Any:
+        if self.relay is not None:
+            return self.relay.app()
+        assert self.core is not None
+        return create_app(self.core, authorize=self.host.authorizer.authorize_any)
+
+    def operations(self) -> list[str]:
+        if self.core is not None:
+            return self.core.operations()
+        return list(getattr(self, "_relay_operations", []))
+
+    async def _refresh_operations(self) -> None:
+        """Learn the core's operations for ``/v2/features`` (again every few minutes)."""
+        assert self.relay is not None
+        while True:
+            delay = 300.0
+            try:
+                answer = await self.relay.client.get(
+                    self.relay.core_url + "/tasks/operations",
+                    headers={"Accept": "application/json"},
+                )
+                if answer.status_code == 200 and isinstance(answer.json(), list):
+                    self._relay_operations = [str(op) for op in answer.json()]
+                else:
+                    delay = 10.0
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("cannot read the operations of the Dynflow core: %s", exc)
+                delay = 10.0
+            await asyncio.sleep(delay)
