@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from dynflow import Action
 from dynflow.action import CANCEL
+from smart_proxy.plugin import Plugin
 from smart_proxy_dynflow.launcher import BatchLauncher, GroupLauncher
 from smart_proxy_dynflow.parent_runner import ParentRunner
 from smart_proxy_dynflow.process_runner import ProcessRunner
@@ -105,3 +106,17 @@ class EchoGroupRunner(ParentRunner):
 
 class EchoGroupLauncher(GroupLauncher):
     runner_class = EchoGroupRunner
+
+
+class LocalCommandProxyPlugin(Plugin):
+    """A Smart Proxy plugin giving the in-process dynflow core the test actions (tests only)."""
+
+    name = "local_command"
+    version = "0.1.0"
+    requires = {"dynflow": ">= 0.1"}
+
+    async def start(self) -> None:
+        core = self.host.plugin("dynflow").core
+        if core is None:
+            raise RuntimeError("the dynflow plugin does not run a core here (relay?)")
+        register_test_actions(core)
