@@ -19,6 +19,10 @@ Figures (per store: a fresh SQLite file, a fresh PostgreSQL database):
 * ``status_running_latency_p50_ms`` / ``_p99_ms``: the same for plans whose runner is still
   running (``Bench::Running``: output stored as chunks, each request asks the runner for fresh
   output). Both are served from the status cache while a plan does not change.
+* ``status_in_process_p50_ms``, ``status_relay_p50_ms``, ``relay_added_p50_ms`` (SQLite run
+  only): one client asking for the status of finished plans through ``smart-proxy`` with the
+  dynflow plugin in-process, and through ``smart-proxy`` relaying ``/dynflow`` to the core;
+  the difference is what the relay adds (target < 3 ms).
 * ``status_uncached_p50_ms``: the first ``GET /tasks/<id>/status`` of each of the 1,000 batch
   children, one client: the cost of reading a plan from the database (``p99_ms`` too).
 * ``batch_1000_planned_s``: ``POST /tasks/launch`` of operation ``bench-batch`` with 1,000
@@ -90,17 +94,22 @@ FIGURE_UNITS = {
     "batch_1000_planned_s": "s",
     "bulk_status_1000_ms": "ms",
     "status_uncached_p50_ms": "ms",
+    "status_in_process_p50_ms": "ms",
+    "status_relay_p50_ms": "ms",
+    "relay_added_p50_ms": "ms",
 }
 TARGETS = {
     "status_latency_p99_ms": 20,
     "batch_1000_planned_s": 5,
     "bulk_status_1000_ms": 100,
+    "relay_added_p50_ms": 3,
 }
 STAGES: dict[str, list[str]] = {
     "status": ["status_latency_p50_ms", "status_latency_p99_ms"],
     "status_running": ["status_running_latency_p50_ms", "status_running_latency_p99_ms"],
     "batch": ["batch_1000_planned_s"],
     "bulk": ["bulk_status_1000_ms", "status_uncached_p50_ms"],
+    "deployments": ["status_in_process_p50_ms", "status_relay_p50_ms", "relay_added_p50_ms"],
 }
 
 
@@ -112,10 +121,19 @@ class Sizes:
     warmup: float = 1.0
     batch: int = 1000
     bulk_runs: int = 9
+    deployment_requests: int = 2000
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(status_plans=10, clients=5, duration=0.5, warmup=0.2, batch=50, bulk_runs=3)
+        return cls(
+            status_plans=10,
+            clients=5,
+            duration=0.5,
+            warmup=0.2,
+            batch=50,
+            bulk_runs=3,
+            deployment_requests=50,
+        )
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -164,24 +182,53 @@ def service_command(profile_file: Path | None) -> list[str]:
 
 
 class Service:
-    """``smart-proxy-dynflow-core`` with its own config directory, started as a subprocess."""
+    """A service with its own config directory, started as a subprocess.
 
-    def __init__(self, workdir: Path, database: str, profile_file: Path | None) -> None:
+    ``kind``: ``core`` (``smart-proxy-dynflow-core``), ``proxy`` (``smart-proxy`` with the
+    dynflow plugin in-process) or ``relay`` (``smart-proxy`` forwarding ``/dynflow`` to
+    ``core_url``). The bench plugin is enabled wherever a core runs.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        database: str,
+        profile_file: Path | None,
+        kind: str = "core",
+        core_url: str | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.kind = kind
         self.port = free_port()
-        self.config_dir = workdir / "config"
-        (self.config_dir / "settings.d").mkdir(parents=True)
-        settings = {
-            "listen": "127.0.0.1",
-            "port": self.port,
-            "database": database,
-            "log_file": str(workdir / "service.log"),
-            "log_level": "ERROR",
-        }
+        self.config_dir = workdir / f"config-{kind}"
+        settings_d = self.config_dir / "settings.d"
+        settings_d.mkdir(parents=True)
+        log = {"log_file": str(workdir / f"{kind}.log"), "log_level": "ERROR"}
+        if kind == "core":
+            settings = {"listen": "127.0.0.1", "port": self.port, "database": database, **log}
+        else:
+            settings = {"http_port": self.port, "bind_host": "127.0.0.1", **log}
+            dynflow: dict[str, Any] = {"enabled": True, "database": database}
+            if kind == "relay":
+                dynflow = {"enabled": True, "external_core": True, "core_url": core_url}
+            (settings_d / "dynflow.yml").write_text(yaml_settings(dynflow))
         (self.config_dir / "settings.yml").write_text(yaml_settings(settings))
-        (self.config_dir / "settings.d" / "bench.yml").write_text(yaml_settings({"enabled": True}))
+        if kind != "relay":
+            (settings_d / "bench.yml").write_text(yaml_settings({"enabled": True}))
         self.profile_file = profile_file
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Where the task API is: ``/dynflow`` on a Smart Proxy."""
+        return "" if self.kind == "core" else "/dynflow"
+
+    def command(self) -> list[str]:
+        if self.kind == "core":
+            return [*service_command(self.profile_file), "-1", "-c", str(self.config_dir)]
+        script = Path(sys.executable).parent / "smart-proxy"
+        base = [str(script)] if script.exists() else [sys.executable, "-m", "smart_proxy.cli"]
+        return [*base, "-c", str(self.config_dir)]
 
     @property
     def url(self) -> str:
@@ -193,9 +240,9 @@ class Service:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        with open(self.workdir / "stderr.txt", "wb") as stderr:
+        with open(self.workdir / f"{self.kind}-stderr.txt", "wb") as stderr:
             self.proc = subprocess.Popen(
-                [*service_command(self.profile_file), "-1", "-c", str(self.config_dir)],
+                self.command(),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -214,7 +261,7 @@ class Service:
 
     def tail(self) -> str:
         text = ""
-        for name in ("stderr.txt", "service.log"):
+        for name in (f"{self.kind}-stderr.txt", f"{self.kind}.log"):
             path = self.workdir / name
             if path.exists():
                 text += path.read_text(errors="replace")
@@ -512,6 +559,74 @@ async def stage_bulk(url: str, store: str, sizes: Sizes, ids: list[str]) -> list
     ]
 
 
+async def sequential_status_ms(url: str, ids: list[str], requests: int) -> list[float]:
+    """``requests`` GETs of ``/tasks/<id>/status`` one after the other, each timed in ms."""
+    timings: list[float] = []
+    async with RawConnection(url) as raw:
+        for index in range(requests):
+            path = f"{httpx.URL(url).path.rstrip('/')}/tasks/{ids[index % len(ids)]}/status"
+            started = time.perf_counter()
+            status, _ = await raw.get(path)
+            timings.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise RuntimeError(f"GET {path}: HTTP {status}")
+    return sorted(timings)
+
+
+async def launch_finished(url: str, count: int, timeout: float) -> list[str]:
+    async with new_client(url, 10) as client:
+        launches = [
+            client.post(
+                "tasks/launch",
+                json={
+                    "operation": "single",
+                    "input": {"action_class": FEW_STEPS, "action_input": {"index": index}},
+                },
+            )
+            for index in range(count)
+        ]
+        ids = [r["task_id"] for r in await asyncio.gather(*(checked(r) for r in launches))]
+
+        async def stopped() -> bool:
+            states = await checked(client.post("tasks/status", json={"task_ids": ids}))
+            return all(states.get(i, {}).get("state") == "stopped" for i in ids)
+
+        await wait_until(stopped, timeout, "plans stopped")
+    return ids
+
+
+async def stage_deployments(
+    core: Service, proxy: Service, relay: Service, store: str, sizes: Sizes, timeout: float
+) -> list[dict[str, Any]]:
+    """Status through the relay versus the dynflow plugin in-process (and the core itself)."""
+    core_url = core.url + "/"
+    proxy_url = proxy.url + "/dynflow/"
+    relay_url = relay.url + "/dynflow/"
+    core_ids = await launch_finished(core_url, 50, timeout)
+    proxy_ids = await launch_finished(proxy_url, 50, timeout)
+    p50: dict[str, float] = {}
+    for name, url, ids in (
+        ("core", core_url, core_ids),
+        ("relay", relay_url, core_ids),
+        ("in_process", proxy_url, proxy_ids),
+    ):
+        await sequential_status_ms(url, ids, 50)  # warm-up
+        timings = await sequential_status_ms(url, ids, sizes.deployment_requests)
+        p50[name] = statistics.median(timings)
+    extra = {
+        "requests": sizes.deployment_requests,
+        "clients": 1,
+        **{f"{name}_p50_ms": round(value, 3) for name, value in p50.items()},
+    }
+    return [
+        figure_line("status_in_process_p50_ms", p50["in_process"], store, **extra),
+        figure_line("status_relay_p50_ms", p50["relay"], store, **extra),
+        figure_line(
+            "relay_added_p50_ms", max(p50["relay"] - p50["in_process"], 0.001), store, **extra
+        ),
+    ]
+
+
 async def run_stages(url: str, store: str, sizes: Sizes, timeout: float, service_pid: int) -> None:
     def failed(stage: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -594,11 +709,42 @@ def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) ->
             try:
                 assert service.proc is not None
                 run_async(run_stages(service.url, store, sizes, timeout, service.proc.pid))
+                if store == STORE_SQLITE:
+                    run_deployments(service, workdir, store, sizes, timeout)
             finally:
                 service.stop()
     finally:
         if database_name is not None:
             pgdb.drop(database_name)
+
+
+def run_deployments(core: Service, workdir: Path, store: str, sizes: Sizes, timeout: float) -> None:
+    """The Smart Proxy with dynflow in-process, and one relaying to ``core``."""
+    proxy = Service(workdir, str(workdir / "proxy.sqlite"), None, kind="proxy")
+    relay = Service(workdir, "", None, kind="relay", core_url=core.url)
+    try:
+        proxy.start()
+        relay.start()
+
+        async def stage() -> list[dict[str, Any]]:
+            return await asyncio.wait_for(
+                stage_deployments(core, proxy, relay, store, sizes, timeout), timeout
+            )
+
+        lines: list[dict[str, Any]] = []
+
+        async def collect() -> None:
+            lines.extend(await stage())
+
+        run_async(collect())
+        for line in lines:
+            emit(line)
+    except Exception as exc:  # noqa: BLE001 - reported as error lines
+        for figure in STAGES["deployments"]:
+            emit({"figure": figure, "error": f"{type(exc).__name__}: {exc}", "store": store})
+    finally:
+        relay.stop()
+        proxy.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,9 @@ FIGURES = {
     "batch_1000_planned_s",
     "bulk_status_1000_ms",
     "status_uncached_p50_ms",
+    "status_in_process_p50_ms",
+    "status_relay_p50_ms",
+    "relay_added_p50_ms",
 }
 
 

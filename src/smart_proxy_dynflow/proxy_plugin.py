@@ -20,14 +20,17 @@ import contextlib
 import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import httpx
 
 from smart_proxy.plugin import Plugin, Validation
+from smart_proxy.settings import SettingsError, read_settings_file
 
 from .api import create_app
 from .core import Core, CoreConfig
+from .plugin import load_plugins
 from .relay import Relay
 from .settings import database_url
 
@@ -107,7 +110,21 @@ class DynflowPlugin(Plugin):
             log.info("Dynflow requests are relayed to %s", self.settings["core_url"])
             return
         self.core = Core(self.core_config())
+        # Core plugins (entry points of smart_proxy_dynflow.plugins) load here as they do in
+        # the standalone service, from the proxy's settings.d.
+        self.core_plugins = load_plugins(self.core, self.plugin_settings())
         await self.core.start()
+
+    def plugin_settings(self) -> dict[str, dict[str, Any]]:
+        """Every readable ``settings.d/*.yml`` by name (broken files are the host's to report)."""
+        directory = Path(self.host.settings.settings_directory)
+        result: dict[str, dict[str, Any]] = {}
+        for path in sorted(directory.glob("*.yml")):
+            try:
+                result[path.stem] = read_settings_file(path)
+            except SettingsError:
+                continue
+        return result
 
     async def stop(self) -> None:
         if self.relay is not None:

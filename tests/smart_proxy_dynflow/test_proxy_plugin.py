@@ -236,3 +236,28 @@ async def test_relay_to_a_core_that_is_down_is_a_502(tmp_path, pki):
         assert "unreachable" in response.json()["error"]
         features = proxy.host.plugins["dynflow"]
         assert features.state == "running"
+
+
+async def test_in_process_core_loads_core_plugins_from_the_proxy_settings(
+    tmp_path, pki, foreman, monkeypatch
+):
+    """The entry points of smart_proxy_dynflow.plugins load inside the proxy as in the core."""
+    monkeypatch.syspath_prepend(
+        str(Path(__file__).resolve().parents[1] / "support" / "plugin_dist")
+    )
+    dynflow = {"enabled": True, "database": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"}
+    async with smart_proxy(
+        tmp_path / "proxy",
+        [DynflowPlugin],
+        {"dynflow": dynflow, "local_command": {"enabled": True}},
+        foreman_url=foreman.url,
+    ) as proxy:
+        plugin = proxy.plugin("dynflow")
+        assert plugin.core_plugins.loaded == ["local_command"]
+        async with httpx.AsyncClient(base_url=proxy.http_url) as client:
+            operations = (await client.get("/dynflow/tasks/operations")).json()
+            assert operations == ["single", "local-batch", "local-group"]
+            response = await client.post(
+                "/dynflow/tasks/launch", json=run_script({"script": "true"})
+            )
+            assert response.json()["result"] == "success"
