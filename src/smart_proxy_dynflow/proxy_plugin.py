@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -27,6 +28,7 @@ import httpx
 
 from smart_proxy.plugin import Plugin, Validation
 from smart_proxy.settings import SettingsError, read_settings_file
+from smart_proxy.validators import ConfigurationError
 
 from .api import create_app
 from .core import Core, CoreConfig
@@ -44,6 +46,21 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare source tr
 
 def _operations(plugin: DynflowPlugin) -> list[str]:
     return plugin.operations()
+
+
+def positive_number(setting: str, value: Any, args: Any, settings: Mapping[str, Any]) -> None:
+    """A number above zero (an integer when ``args == "int"``)."""
+    kinds: tuple[type, ...] = (int,) if args == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        expected = "a positive integer" if args == "int" else "a positive number"
+        raise ConfigurationError(f"Parameter '{setting}' must be {expected}, got {value!r}")
+
+
+def database_setting(setting: str, value: Any, args: Any, settings: Mapping[str, Any]) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(
+            f"Parameter '{setting}' must be a file path, ':memory:' or a database URL"
+        )
 
 
 class DynflowPlugin(Plugin):
@@ -66,6 +83,18 @@ class DynflowPlugin(Plugin):
         Validation("external_core", "boolean"),
         Validation("console_auth", "boolean"),
         Validation("core_url", "url", when=lambda settings: bool(settings.get("external_core"))),
+        Validation("database", database_setting),
+        Validation("pool_size", positive_number, args="int"),
+        *(
+            Validation(key, positive_number)
+            for key in (
+                "execution_plan_cleaner_age",
+                "runner_refresh_interval",
+                "callback_retry_interval",
+                "callback_retry_max_interval",
+                "callback_retry_timeout",
+            )
+        ),
     ]
     capabilities: ClassVar[list[Any]] = [_operations]
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from smart_proxy.root import LogsPlugin
 from smart_proxy.tls import server_context
 from smart_proxy_dynflow.auth import SerialAuthorizer
 from smart_proxy_dynflow.core import Core
@@ -261,3 +262,30 @@ async def test_in_process_core_loads_core_plugins_from_the_proxy_settings(
                 "/dynflow/tasks/launch", json=run_script({"script": "true"})
             )
             assert response.json()["result"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"enabled": "sometimes"}, "enabled"),
+        ({"enabled": True, "pool_size": "abc"}, "'pool_size' must be a positive integer"),
+        ({"enabled": True, "execution_plan_cleaner_age": -5}, "'execution_plan_cleaner_age'"),
+        ({"enabled": True, "external_core": "maybe"}, "external_core"),
+        ({"enabled": True, "external_core": True, "core_url": "not a url"}, "core_url"),
+        ({"enabled": True, "database": ["x"]}, "'database'"),
+    ],
+)
+async def test_broken_dynflow_settings_fail_only_the_plugin(tmp_path, settings, message):
+    plugins = [LogsPlugin, DynflowPlugin]
+    async with smart_proxy(
+        tmp_path, plugins, {"dynflow": settings, "logs": {"enabled": True}}
+    ) as proxy:
+        record = proxy.host.plugins["dynflow"]
+        assert record.state == "failed"
+        assert message in proxy.host.failed_modules["dynflow"]
+        async with httpx.AsyncClient(base_url=proxy.http_url) as client:
+            assert (await client.get("/dynflow/tasks/count")).status_code == 404
+            features = (await client.get("/v2/features")).json()
+            assert features["dynflow"]["state"] == "failed"
+            logs = (await client.get("/logs")).json()
+            assert "dynflow" in logs["info"]["failed_modules"]
