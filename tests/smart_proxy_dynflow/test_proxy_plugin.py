@@ -289,3 +289,43 @@ async def test_broken_dynflow_settings_fail_only_the_plugin(tmp_path, settings, 
             assert features["dynflow"]["state"] == "failed"
             logs = (await client.get("/logs")).json()
             assert "dynflow" in logs["info"]["failed_modules"]
+
+
+def test_the_development_config_of_make_run(tmp_path):
+    """`make run`'s config/: the proxy command serves /dynflow with a database under ./var."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "config"
+    shutil.copytree(repo / "config", config, ignore=shutil.ignore_patterns("core", "relay"))
+    port = free_port()
+    text = (config / "settings.yml").read_text().replace(":http_port: 8000", f":http_port: {port}")
+    (config / "settings.yml").write_text(text)
+    script = Path(sys.executable).parent / "smart-proxy"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "smart_proxy.cli"]
+    proc = subprocess.Popen(
+        [*command, "-c", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                features = httpx.get(f"http://127.0.0.1:{port}/features", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.1)
+        assert features == ["dynflow", "logs"]
+        count = httpx.get(f"http://127.0.0.1:{port}/dynflow/tasks/count").json()
+        assert count == {"count": 0, "state": "all"}
+        assert (tmp_path / "var" / "dynflow.sqlite").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
