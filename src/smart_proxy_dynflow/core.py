@@ -72,6 +72,8 @@ class Core:
 
             self.launchers.register("single", SingleLauncher)
         self.otp = OtpManager()
+        # State plugins keep for their actions (e.g. the SSH plugin's settings and host keys).
+        self.extensions: dict[str, Any] = {}
         self.foreman = ForemanClient(
             self.config.foreman_url,
             cafile=self.config.foreman_ssl_ca,

@@ -1,0 +1,1 @@
+"""The remote-execution plugin `script`: run Foreman jobs on hosts over SSH."""
