@@ -1,0 +1,69 @@
+"""The actions Foreman triggers: ``RunScript`` and the ``ScriptRunner`` it plans (§4.1, §4.2).
+
+``RunScript`` is registered under both wire names Foreman sends
+(``Proxy::RemoteExecution::Ssh::Actions::RunScript`` and the older
+``ForemanRemoteExecutionCore::Actions::RunScript``) and plans one :class:`ScriptRunnerAction`
+with the same input. That runner action (the shared lifecycle of
+:class:`~smart_proxy_dynflow.runner_action.RunnerAction`: output chunks, cancel, Foreman's
+callback) runs the job with a :class:`ScriptRunner` over SSH, or with the simulation runner when
+``REX_SIMULATE`` is set. After a restart of the service the same runner re-attaches to the job
+on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynflow import Action
+from smart_proxy_dynflow.core import core_of
+from smart_proxy_dynflow.runner import Runner
+from smart_proxy_dynflow.runner_action import RunnerAction
+
+from .fake_runner import FakeRunner, simulate
+
+EXTENSION = "script"
+RUN_SCRIPT_NAMES = (
+    "Proxy::RemoteExecution::Ssh::Actions::RunScript",
+    "ForemanRemoteExecutionCore::Actions::RunScript",
+)
+
+
+class ScriptRunnerAction(RunnerAction):
+    """Runs one script on one host (§4.2)."""
+
+    wire_names = (
+        "Proxy::RemoteExecution::Ssh::Actions::ScriptRunner",
+        "ForemanRemoteExecutionCore::Actions::ScriptRunner",
+    )
+
+    async def initiate_runner(self) -> Runner:
+        if simulate():
+            return FakeRunner(suspended_action=self.suspended_action)
+        from .script_runner import ScriptRunner
+
+        state = core_of(self.world).extensions[EXTENSION]
+        published = 0
+        if "runner_id" in self.output:  # re-attaching after a restart: what Foreman has seen
+            assert self.world is not None
+            chunks = await self.world.output_chunks(self.execution_plan_id, self.id)
+            published = sum(
+                len(r.get("output") or "")
+                for c in chunks
+                for r in (c["chunk"] or [])
+                if r.get("output_type") == "stdout"
+            )
+        return ScriptRunner(
+            state.options(self.input),
+            known_hosts=state.known_hosts,
+            suspended_action=self.suspended_action,
+            published_chars=published,
+        )
+
+
+class RunScript(Action):
+    """The entry action Foreman names; plans the concrete runner action (§4.1)."""
+
+    wire_names = RUN_SCRIPT_NAMES
+
+    def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
+        self.plan_action(ScriptRunnerAction, {**(input or {}), **values})
