@@ -2,12 +2,19 @@
 # Make sure the system services the test suite needs are installed and running.
 # Idempotent and fast (no apt, no waiting) when everything is already in place.
 #
-# To add system packages later (openssh-server, chromium, mosquitto, ...), append
-# them to APT_PACKAGES; start any service they provide in its own ensure_* function.
+# To add system packages later (chromium, mosquitto, ...), append them to
+# APT_PACKAGES; start any service they provide in its own ensure_* function.
+#
+# openssh-server, sudo and acl serve the SSH remote-execution tests: they start their
+# own sshd processes on loopback ports (tests/support/sshd.py), so the package's
+# system sshd on port 22 is neither needed nor started here.
 set -euo pipefail
 
 APT_PACKAGES=(
     postgresql
+    openssh-server
+    sudo
+    acl
 )
 
 PG_HOST=127.0.0.1
@@ -37,7 +44,35 @@ ensure_apt_packages() {
     log "installing missing packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
+    block_service_starts
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    unblock_service_starts
+}
+
+# While packages install, keep their maintainer scripts from starting services
+# (openssh-server would start a system sshd on port 22, which fails or lingers in
+# containers). A policy-rc.d that exits 101 makes invoke-rc.d skip every start; one
+# that already exists (as in Docker images) is left alone. Services the tests need
+# are started by their ensure_* function or by the tests themselves.
+POLICY_RC_D=/usr/sbin/policy-rc.d
+POLICY_RC_D_OURS=0
+
+block_service_starts() {
+    if [[ -e "$POLICY_RC_D" ]]; then
+        return 0
+    fi
+    printf '#!/bin/sh\n# Temporary, from scripts/test-deps.sh\nexit 101\n' |
+        $SUDO tee "$POLICY_RC_D" >/dev/null
+    $SUDO chmod 755 "$POLICY_RC_D"
+    POLICY_RC_D_OURS=1
+    trap unblock_service_starts EXIT
+}
+
+unblock_service_starts() {
+    if ((POLICY_RC_D_OURS)); then
+        $SUDO rm -f "$POLICY_RC_D"
+        POLICY_RC_D_OURS=0
+    fi
 }
 
 pg_cluster_online() {
@@ -81,5 +116,19 @@ ensure_postgres() {
     fi
 }
 
+# The SSH tests run their own sshd (tests/support/sshd.py); it only needs the binary
+# and its privilege-separation directory, which lives on /run and so is gone after
+# a reboot until something recreates it.
+ensure_sshd() {
+    if [[ ! -x /usr/sbin/sshd ]]; then
+        log "ERROR: /usr/sbin/sshd missing although openssh-server is installed"
+        exit 1
+    fi
+    if [[ ! -d /run/sshd ]]; then
+        $SUDO mkdir -p -m 0755 /run/sshd
+    fi
+}
+
 ensure_apt_packages "${APT_PACKAGES[@]}"
 ensure_postgres
+ensure_sshd
