@@ -24,11 +24,13 @@ $(STAMP): requirements.lock pyproject.toml
 # The Smart Proxy on http://127.0.0.1:8000 with the dynflow plugin in-process (config/, ./var).
 run: venv
 	@mkdir -p var
+	$(PY) -m smart_proxy_remote_execution_ssh.keygen var/ssh/id_rsa_foreman_proxy
 	$(VENV)/bin/smart-proxy -c config
 
 # The standalone core service on 127.0.0.1:8008 with config/core/settings.yml (SQLite in ./var).
 run-core: venv
 	@mkdir -p var
+	$(PY) -m smart_proxy_remote_execution_ssh.keygen var/ssh/id_rsa_foreman_proxy
 	$(VENV)/bin/smart-proxy-dynflow-core -c config/core
 
 # The Smart Proxy on 127.0.0.1:8000 relaying /dynflow to the core of `make run-core`.

@@ -292,7 +292,7 @@ async def test_broken_dynflow_settings_fail_only_the_plugin(tmp_path, settings, 
 
 
 def test_the_development_config_of_make_run(tmp_path):
-    """`make run`'s config/: the proxy command serves /dynflow with a database under ./var."""
+    """`make run`'s config/: the proxy serves /dynflow and /ssh with its state under ./var."""
     import shutil
     import signal
     import subprocess
@@ -305,6 +305,8 @@ def test_the_development_config_of_make_run(tmp_path):
     port = free_port()
     text = (config / "settings.yml").read_text().replace(":http_port: 8000", f":http_port: {port}")
     (config / "settings.yml").write_text(text)
+    keygen = [sys.executable, "-m", "smart_proxy_remote_execution_ssh.keygen"]
+    subprocess.run([*keygen, "var/ssh/id_rsa_foreman_proxy"], cwd=tmp_path, check=True)
     script = Path(sys.executable).parent / "smart-proxy"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "smart_proxy.cli"]
     proc = subprocess.Popen(
@@ -322,7 +324,11 @@ def test_the_development_config_of_make_run(tmp_path):
             except httpx.HTTPError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
                 time.sleep(0.1)
-        assert features == ["dynflow", "logs"]
+        assert features == ["dynflow", "logs", "script"]
+        operations = httpx.get(f"http://127.0.0.1:{port}/dynflow/tasks/operations").json()
+        assert operations == ["single", "ssh"]
+        pubkey = httpx.get(f"http://127.0.0.1:{port}/ssh/pubkey").text
+        assert pubkey.startswith("ssh-ed25519 ")
         count = httpx.get(f"http://127.0.0.1:{port}/dynflow/tasks/count").json()
         assert count == {"count": 0, "state": "all"}
         assert (tmp_path / "var" / "dynflow.sqlite").exists()

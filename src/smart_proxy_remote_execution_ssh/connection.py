@@ -1,0 +1,415 @@
+"""One asyncssh connection per host job (§5.3), made inside the event loop.
+
+Authentication methods are tried in the order of §5.3 on the same connection: ``password``
+(``secrets.ssh_password``; keyboard-interactive carries it when the server has no plain
+password method), ``publickey`` with the proxy key ``ssh_identity_key_file`` (and its
+``<key>-cert.pub`` user certificate when present; an encrypted key needs ``key_passphrase``,
+without one it is skipped) and, with ``kerberos_auth``, ``gssapi-with-mic``. Host keys are
+checked by :class:`~smart_proxy_remote_execution_ssh.known_hosts.KnownHosts`.
+
+Connection errors (refused, unreachable, timed out, dropped during the handshake) are retried
+``retry_count`` times in all, ``retry_interval`` seconds apart, each attempt limited to
+``connect_timeout`` seconds; then :class:`HostUnreachable` is raised. Authentication failures
+and rejected host keys are not retried.
+
+The identity key is read once per process for each (path, modification time, passphrase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from .known_hosts import KnownHosts, host_token
+from .options import ScriptOptions
+
+logger = logging.getLogger("smart_proxy_remote_execution_ssh.connection")
+
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT_MAX = 3
+
+MAX_CONCURRENT_HANDSHAKES = 512
+"""How many connection attempts (TCP connect, key exchange, authentication) may be under way at
+once; a bound on sockets and memory when thousands of jobs start together. Large, because an
+attempt to a dead host holds its slot until its timeout."""
+
+
+class ConnectError(Exception):
+    """A connection to the host could not be established."""
+
+
+class HostUnreachable(ConnectError):
+    """Every connection attempt failed with a network error (ssh would exit with 255)."""
+
+
+class AuthenticationFailed(ConnectError):
+    """The host rejected every authentication method."""
+
+
+class NoAuthenticationMethods(ConnectError):
+    """Neither a password nor a usable key (nor Kerberos) is configured."""
+
+    def __init__(self) -> None:
+        super().__init__("There are no available authentication methods")
+
+
+class HostKeyVerificationFailed(ConnectError):
+    """The host key is not trusted (changed key, or not signed by a trusted CA)."""
+
+
+# -- identity key cache -------------------------------------------------------
+
+
+class KeyEncrypted(Exception):
+    """The identity key is encrypted and no passphrase was given."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The proxy's private key, with its certificate when there is one."""
+
+    path: str
+    key: asyncssh.SSHKey
+    certificate: asyncssh.SSHCertificate | None
+
+    def keypairs(self) -> list[asyncssh.SSHKeyPair]:
+        """Fresh key pair objects (asyncssh mutates them while authenticating)."""
+        return asyncssh.load_keypairs([(self.key, self.certificate)])
+
+    def describe(self) -> str:
+        text = f"{self.path} ({self.key.get_algorithm()} {self.key.get_fingerprint()})"
+        if self.certificate is not None:
+            text += " with certificate"
+        return text
+
+
+_identities: dict[tuple[Any, ...], asyncio.Future[Identity]] = {}
+
+
+def _stat_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _read_identity(path: str, passphrase: str | None) -> Identity:
+    try:
+        key = asyncssh.read_private_key(path)
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        if "passphrase" not in str(exc).lower():
+            raise
+        if not passphrase:
+            raise KeyEncrypted(
+                f"the key {path} is encrypted and no key_passphrase was given"
+            ) from None
+        key = asyncssh.read_private_key(path, passphrase)
+    certificate = None
+    cert_path = f"{path}-cert.pub"
+    if os.path.exists(cert_path):
+        certificate = asyncssh.read_certificate(cert_path)
+    return Identity(path, key, certificate)
+
+
+async def load_identity(path: str, passphrase: str | None = None) -> Identity:
+    """The identity key (cached per path, file version and passphrase).
+
+    Raises FileNotFoundError, :class:`KeyEncrypted`, or asyncssh.KeyImportError /
+    KeyEncryptionError (wrong passphrase).
+    """
+    stat = _stat_key(path)
+    if stat is None:
+        raise FileNotFoundError(f"SSH identity key file {path} does not exist")
+    cert_stat = _stat_key(f"{path}-cert.pub")
+    digest = hashlib.sha256(passphrase.encode()).hexdigest() if passphrase else None
+    cache_key = (path, stat, cert_stat, digest)
+    future = _identities.get(cache_key)
+    if future is None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        _identities[cache_key] = future
+        # Forget older versions of the file.
+        for other in [k for k in _identities if k[0] == path and k[1:3] != cache_key[1:3]]:
+            if _identities[other].done():
+                del _identities[other]
+        try:
+            identity = await asyncio.to_thread(_read_identity, path, passphrase)
+        except BaseException as exc:
+            del _identities[cache_key]
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        future.set_result(identity)
+        return identity
+    return await asyncio.shield(future)
+
+
+def clear_identity_cache() -> None:
+    """Forget the loaded identity keys (tests)."""
+    _identities.clear()
+
+
+# -- the connection -----------------------------------------------------------
+
+
+@dataclass
+class _AuthState:
+    """What happened during authentication (for the error message)."""
+
+    identity: Identity | None = None
+    password_tried: bool = False
+    key_tried: bool = False
+    host_key_rejected: str | None = None
+    server_methods: list[str] = field(default_factory=list)
+
+
+class _Client(asyncssh.SSHClient):
+    """Per-connection callbacks: host-key decisions and key/password bookkeeping."""
+
+    def __init__(self, known_hosts: KnownHosts, state: _AuthState) -> None:
+        self._known_hosts = known_hosts
+        self._state = state
+        self._key_given = False
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        if self._known_hosts.accept_new(host, port, key):
+            return True
+        self._state.host_key_rejected = f"{key.get_algorithm()} {key.get_fingerprint()}"
+        return False
+
+    def validate_host_ca_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self._state.host_key_rejected = (
+            f"a host certificate signed by {key.get_algorithm()} {key.get_fingerprint()}"
+        )
+        return False
+
+    def public_key_auth_requested(self) -> Any:
+        identity = self._state.identity
+        if identity is None or self._key_given:
+            return None
+        self._key_given = True
+        self._state.key_tried = True
+        return identity.keypairs()
+
+
+@dataclass
+class _Plan:
+    """The authentication methods to try, in order, and why others were left out."""
+
+    methods: list[str]
+    skipped: dict[str, str]
+    identity: Identity | None
+
+
+async def _plan_auth(options: ScriptOptions) -> _Plan:
+    methods: list[str] = []
+    skipped: dict[str, str] = {}
+    if options.ssh_password:
+        methods.append("password")
+    identity = None
+    try:
+        identity = await load_identity(options.ssh_identity_key_file, options.key_passphrase)
+    except KeyEncrypted as exc:
+        skipped["publickey"] = str(exc)
+    except FileNotFoundError as exc:
+        skipped["publickey"] = str(exc)
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, OSError, ValueError) as exc:
+        skipped["publickey"] = f"cannot load the key {options.ssh_identity_key_file}: {exc}"
+    else:
+        methods.append("publickey")
+    if options.kerberos_auth:
+        methods.append("gssapi-with-mic")
+    return _Plan(methods, skipped, identity)
+
+
+def _asyncssh_methods(methods: list[str]) -> list[str]:
+    result: list[str] = []
+    for method in methods:
+        result.append(method)
+        if method == "password":
+            result.append("keyboard-interactive")
+    return result
+
+
+_base_options: dict[tuple[int, bool], asyncssh.SSHClientConnectionOptions] = {}
+
+
+def base_options(known_hosts: KnownHosts, kerberos: bool) -> asyncssh.SSHClientConnectionOptions:
+    """The options shared by every connection using ``known_hosts`` (built once)."""
+    cache_key = (id(known_hosts), kerberos)
+    options = _base_options.get(cache_key)
+    if options is None or getattr(options, "_rex_known_hosts", None) is not known_hosts:
+        options = asyncssh.SSHClientConnectionOptions(
+            known_hosts=known_hosts.trusted,
+            client_keys=None,
+            agent_path=None,
+            x509_trusted_certs=None,
+            x509_trusted_cert_paths=[],
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            gss_host=() if kerberos else None,
+            gss_kex=False,
+            gss_auth=kerberos,
+            host_based_auth=False,
+            request_pty=False,
+        )
+        options._rex_known_hosts = known_hosts  # type: ignore[attr-defined]
+        _base_options[cache_key] = options
+    return options
+
+
+_handshakes: asyncio.Semaphore | None = None
+_handshakes_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _handshake_slots() -> asyncio.Semaphore:
+    global _handshakes, _handshakes_loop
+    loop = asyncio.get_running_loop()
+    if _handshakes is None or _handshakes_loop is not loop:
+        _handshakes = asyncio.Semaphore(MAX_CONCURRENT_HANDSHAKES)
+        _handshakes_loop = loop
+    return _handshakes
+
+
+_RETRYABLE = (OSError, TimeoutError, asyncio.TimeoutError, asyncssh.ConnectionLost)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncssh.PermissionDenied | asyncssh.HostKeyNotVerifiable):
+        return False
+    if isinstance(exc, _RETRYABLE):
+        return True
+    # Dropped by the server during the handshake (e.g. sshd MaxStartups), or "too many
+    # connections" disconnects.
+    return isinstance(exc, asyncssh.DisconnectError) and exc.code in (
+        asyncssh.DISC_CONNECTION_LOST,
+        asyncssh.DISC_TOO_MANY_CONNECTIONS,
+        asyncssh.DISC_BY_APPLICATION,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+async def connect(
+    options: ScriptOptions,
+    known_hosts: KnownHosts,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = logger,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> asyncssh.SSHClientConnection:
+    """Connect and authenticate to ``options.hostname`` (see the module doc)."""
+    plan = await _plan_auth(options)
+    if not plan.methods:
+        for method, reason in plan.skipped.items():
+            logger.info("Authentication method %s is not available: %s", method, reason)
+        raise NoAuthenticationMethods()
+    host, port = options.hostname, options.ssh_port
+    if options.first_execution:
+        removed = await known_hosts.prune(host, port)
+        if removed:
+            logger.info("First execution on %s: removed %d stale host key(s)", host, removed)
+    base = base_options(known_hosts, options.kerberos_auth)
+    attempts = max(1, options.retry_count)
+    last: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        state = _AuthState(identity=plan.identity)
+        password = options.ssh_password
+
+        def give_password(state: _AuthState = state, password: str | None = password) -> Any:
+            state.password_tried = True
+            return password
+
+        kwargs: dict[str, Any] = dict(
+            username=options.ssh_user,
+            preferred_auth=_asyncssh_methods(plan.methods),
+            client_factory=lambda state=state: _Client(known_hosts, state),
+            password=give_password if password else None,
+            password_auth=bool(password),
+            kbdint_auth=bool(password),
+            public_key_auth=plan.identity is not None,
+        )
+        kwargs.update(known_hosts.connect_options(host, port))
+        try:
+            async with _handshake_slots():
+                return await asyncio.wait_for(
+                    asyncssh.connect(host, port, options=base, **kwargs),
+                    options.connect_timeout,
+                )
+        except asyncssh.HostKeyNotVerifiable:
+            detail = f": presented {state.host_key_rejected}" if state.host_key_rejected else ""
+            message = f"Host key verification failed for {host_token(host, port)}{detail}"
+            if known_hosts.strict:
+                message += f" (not trusted by {known_hosts.ca_file})"
+            else:
+                message += (
+                    f" (it does not match the key known in {known_hosts.path}; "
+                    "if the host was reinstalled, run the job as a first execution)"
+                )
+            raise HostKeyVerificationFailed(message) from None
+        except asyncssh.PermissionDenied as exc:
+            raise AuthenticationFailed(_auth_failure_message(plan, state, exc)) from None
+        except Exception as exc:
+            if not _is_retryable(exc):
+                raise
+            last = exc
+            logger.info(
+                "Connecting to %s:%s failed (attempt %d of %d): %s",
+                host,
+                port,
+                attempt,
+                attempts,
+                _describe(exc),
+            )
+            if attempt < attempts and options.retry_interval > 0:
+                await sleep(options.retry_interval)
+    assert last is not None
+    tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+    raise HostUnreachable(
+        f"Could not connect to {host}:{port} as {options.ssh_user} ({tries}): {_describe(last)}"
+    ) from last
+
+
+def _auth_failure_message(plan: _Plan, state: _AuthState, exc: BaseException) -> str:
+    lines = [
+        "Could not establish connection to remote host using any available authentication "
+        f"method, tried {', '.join(plan.methods)}",
+        "",
+    ]
+    for method in plan.methods:
+        if method == "password":
+            reason = (
+                "the server rejected the password"
+                if state.password_tried
+                else "the server does not accept password authentication"
+            )
+        elif method == "publickey":
+            identity = plan.identity
+            described = identity.describe() if identity is not None else "the key"
+            reason = (
+                f"the server rejected the key {described}"
+                if state.key_tried
+                else "the server does not accept public key authentication"
+            )
+        else:
+            reason = str(exc)
+        lines.append(f"Authentication method '{method}' failed with:")
+        lines.append(reason)
+    for method, reason in plan.skipped.items():
+        lines.append(f"Authentication method '{method}' was not tried: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""The options of one SSH job: the action input (§3) merged with the plugin settings (§2.1).
+
+:meth:`ScriptOptions.from_input` validates the input Foreman sends and fills in defaults from
+the plugin settings. Secrets (``secrets.ssh_password``, ``secrets.key_passphrase`` and
+``secrets.effective_user_password``) are kept out of ``repr()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+EFFECTIVE_USER_METHODS = ("sudo", "dzdo", "su")
+
+DEFAULT_SSH_USER = "root"
+DEFAULT_SSH_PORT = 22
+DEFAULT_REMOTE_WORKING_DIR = "/var/tmp"
+DEFAULT_IDENTITY_KEY_FILE = "~/.ssh/id_rsa_foreman_proxy"
+DEFAULT_KNOWN_HOSTS_FILE = "~/.ssh/known_hosts"
+DEFAULT_CONNECT_TIMEOUT = 30.0
+"""Seconds one connection attempt (TCP connect, key exchange and authentication) may take."""
+DEFAULT_RETRY_INTERVAL = 15.0
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
+    return bool(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = str(value)
+    return value or None
+
+
+def _number(name: str, value: Any, *, minimum: float = 0) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, got {value!r}")
+    return number
+
+
+@dataclass
+class ScriptOptions:
+    """Everything a :class:`~smart_proxy_remote_execution_ssh.script_runner.ScriptRunner` needs."""
+
+    hostname: str
+    script: str
+    ssh_user: str = DEFAULT_SSH_USER
+    ssh_port: int = DEFAULT_SSH_PORT
+    effective_user: str | None = None
+    effective_user_method: str = "sudo"
+    ssh_password: str | None = field(default=None, repr=False)
+    key_passphrase: str | None = field(default=None, repr=False)
+    effective_user_password: str | None = field(default=None, repr=False)
+    remote_working_dir: str = DEFAULT_REMOTE_WORKING_DIR
+    cleanup_working_dirs: bool = True
+    execution_timeout_interval: float | None = None
+    first_execution: bool = False
+    retry_count: int = 1
+    """Connection attempts (at least one)."""
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    """Seconds between two connection attempts."""
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+    """Seconds one connection attempt may take; None for no limit."""
+    ssh_identity_key_file: str = os.path.expanduser(DEFAULT_IDENTITY_KEY_FILE)
+    kerberos_auth: bool = False
+    ssh_ca_known_hosts_file: str | None = None
+    known_hosts_file: str = os.path.expanduser(DEFAULT_KNOWN_HOSTS_FILE)
+
+    @property
+    def user_switch(self) -> bool:
+        """True when the script runs as another user than the SSH user."""
+        return bool(self.effective_user) and self.effective_user != self.ssh_user
+
+    @classmethod
+    def from_input(
+        cls, input: Mapping[str, Any], settings: Mapping[str, Any] | None = None
+    ) -> ScriptOptions:
+        """Build the options of one job; raises ValueError for an invalid input."""
+        settings = settings or {}
+        hostname = input.get("hostname")
+        if not hostname or not str(hostname).strip():
+            raise ValueError("Missing required input 'hostname'")
+        script = input.get("script")
+        if script is None:
+            raise ValueError("Missing required input 'script'")
+        secrets = input.get("secrets") or {}
+        if not isinstance(secrets, Mapping):
+            raise ValueError("Input 'secrets' must be a mapping")
+
+        ssh_user = _optional_str(input.get("ssh_user")) or _optional_str(settings.get("ssh_user"))
+        ssh_user = ssh_user or DEFAULT_SSH_USER
+
+        port_value = input.get("ssh_port")
+        if port_value is None or port_value == "":
+            port_value = settings.get("ssh_port", DEFAULT_SSH_PORT)
+        try:
+            ssh_port = int(port_value)
+        except (TypeError, ValueError):
+            raise ValueError(f"ssh_port must be an integer, got {port_value!r}") from None
+        if not 0 < ssh_port < 65536:
+            raise ValueError(f"ssh_port must be between 1 and 65535, got {ssh_port}")
+
+        method = _optional_str(input.get("effective_user_method")) or "sudo"
+        if method not in EFFECTIVE_USER_METHODS:
+            raise ValueError(f"effective_user_method '{method}' not supported")
+
+        remote_working_dir = (
+            _optional_str(input.get("remote_working_dir"))
+            or _optional_str(settings.get("remote_working_dir"))
+            or DEFAULT_REMOTE_WORKING_DIR
+        )
+        if not remote_working_dir.startswith("/"):
+            raise ValueError(f"remote_working_dir must be absolute, got {remote_working_dir!r}")
+        remote_working_dir = remote_working_dir.rstrip("/") or "/"
+
+        cleanup = input.get("cleanup_working_dirs")
+        if cleanup is None:
+            cleanup = settings.get("cleanup_working_dirs", True)
+
+        connection = input.get("connection_options") or {}
+        if not isinstance(connection, Mapping):
+            raise ValueError("Input 'connection_options' must be a mapping")
+        retry_count = _number("connection_options.retry_count", connection.get("retry_count"))
+        retry_interval = _number(
+            "connection_options.retry_interval", connection.get("retry_interval")
+        )
+        timeout = _number("connection_options.timeout", connection.get("timeout"))
+        if timeout is None:
+            timeout = _number("connect_timeout", settings.get("connect_timeout"))
+        if timeout is None:
+            timeout = DEFAULT_CONNECT_TIMEOUT
+
+        key_file = settings.get("ssh_identity_key_file") or DEFAULT_IDENTITY_KEY_FILE
+        known_hosts_file = settings.get("known_hosts_file") or DEFAULT_KNOWN_HOSTS_FILE
+        ca_file = _optional_str(settings.get("ssh_ca_known_hosts_file"))
+
+        return cls(
+            hostname=str(hostname).strip(),
+            script=str(script).replace("\r", ""),
+            ssh_user=ssh_user,
+            ssh_port=ssh_port,
+            effective_user=_optional_str(input.get("effective_user")),
+            effective_user_method=method,
+            ssh_password=_optional_str(secrets.get("ssh_password")),
+            key_passphrase=_optional_str(secrets.get("key_passphrase")),
+            effective_user_password=_optional_str(secrets.get("effective_user_password")),
+            remote_working_dir=remote_working_dir,
+            cleanup_working_dirs=_truthy(cleanup),
+            execution_timeout_interval=_number(
+                "execution_timeout_interval", input.get("execution_timeout_interval")
+            ),
+            first_execution=_truthy(input.get("first_execution", False)),
+            retry_count=max(1, int(retry_count)) if retry_count is not None else 1,
+            retry_interval=retry_interval if retry_interval is not None else DEFAULT_RETRY_INTERVAL,
+            connect_timeout=timeout or None,
+            ssh_identity_key_file=os.path.expanduser(str(key_file)),
+            kerberos_auth=_truthy(settings.get("kerberos_auth", False)),
+            ssh_ca_known_hosts_file=os.path.expanduser(ca_file) if ca_file else None,
+            known_hosts_file=os.path.expanduser(str(known_hosts_file)),
+        )

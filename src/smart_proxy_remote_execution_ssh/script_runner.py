@@ -1,0 +1,704 @@
+"""The push-over-SSH runner (§5): runs a script on a host with asyncssh, in the event loop.
+
+One SSH connection per job and, in the common case, ONE exec channel for the whole job: the
+launch command (see :mod:`.wrapper`) sets up ``<remote_working_dir>/foreman-ssh-cmd-<id>/``,
+runs the preflight checks, starts the wrapper and streams its output, and removes the directory
+after the proxy saw the exit code. A user switch that needs a password adds a PTY channel for
+the prompt. ``kill`` and ``reattach`` use channels of their own.
+
+Output is published as it arrives (``stdout`` records, decoded as UTF-8 with replacement
+characters), and the dispatcher is asked to deliver it at most every :data:`NEWS_INTERVAL`
+seconds. The exit status is the script's; 255 when the connection was lost (or could not be
+made at all: a debug record says why), 0 when it was lost after a power action announced itself
+(``restart host`` / ``shutdown host``, §5.11), ``EXCEPTION`` when the job could not be set up.
+
+The job does not depend on the proxy's connection: the wrapper records ``pid``, ``output`` and
+``exit_code`` on the host, so after a restart of the proxy :meth:`ScriptRunner.reattach` reads
+them (or follows the still running job) and reports the real result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import re
+import signal
+from typing import Any
+
+import asyncssh
+
+from smart_proxy_dynflow.runner import EXCEPTION_STATUS, Runner, SuspendedAction
+
+from .connection import HostUnreachable, connect
+from .known_hosts import KnownHosts
+from .options import ScriptOptions
+from .user_method import PasswordResponder, SecretFilter, UserMethod, user_method
+from .wrapper import (
+    SCRIPT_EMBED_LIMIT,
+    cleanup_command,
+    kill_command,
+    launch_command,
+    new_marker,
+    pty_run_command,
+    reattach_command,
+    remote_dir,
+)
+
+NEWS_INTERVAL = 0.05
+"""At most one early-delivery request per this many seconds while output streams in."""
+
+COMMAND_TIMEOUT = 60.0
+"""Seconds a helper command (kill, cleanup, the PTY setup) may take."""
+
+CLOSE_TIMEOUT = 5.0
+
+SETUP_TIMEOUT = 120.0
+"""Seconds the setup on the host (preflight, user switch, upload) may take before the job
+fails: a user switch that waits for an unexpected prompt must not hang the job forever."""
+
+EXPECTED_POWER_ACTION_MESSAGES = ("restart host", "shutdown host")
+
+GONE_MESSAGE = "The job's working directory is gone on the host; its result is unknown"
+NOT_STARTED_MESSAGE = (
+    "The job was not started on the host before the proxy stopped; its script did not run"
+)
+
+_PREAMBLE_LIMIT = 64 * 1024
+_DIAG_LINES = 20
+_FAIL_MESSAGES = {
+    "mkdir": "Unable to create directory {dir} on remote system, exit code: {code}",
+    "upload": "Unable to upload file to {dir} on remote system, exit code: {code}",
+    "exec": "Failed to execute script on remote machine, exit code: {code}.",
+    "user": "Failed to change to effective user, exit code: {code}",
+}
+
+
+def _partial_suffix(text: str, needle: str) -> int:
+    for length in range(min(len(text), len(needle) - 1), 0, -1):
+        if needle.startswith(text[-length:]):
+            return length
+    return 0
+
+
+class _JobChannel(asyncssh.SSHClientSession[bytes]):
+    """One channel running a launch/PTY/reattach command; parses markers, publishes output.
+
+    ``pty``: everything arrives on stdout (markers included); otherwise markers other than
+    ``started`` come on stderr. Phases: ``preamble`` (login noise, setup, user preflight; not
+    published) → ``output`` (published) → ``done`` (after the exit marker).
+    """
+
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        marker: str,
+        *,
+        pty: bool = False,
+        responder: PasswordResponder | None = None,
+        secret: str | None = None,
+        skip_chars: int = 0,
+        ack: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.marker = marker
+        self.pty = pty
+        self.responder = responder
+        self.filter = SecretFilter(secret)
+        self.skip_chars = skip_chars
+        self.ack = ack
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.phase = "preamble"
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.lost: BaseException | None = None
+        self.exit_marker: str | None = None
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.removes_dir = False
+        """The command removes the job directory itself before it exits."""
+        self.closed_event = asyncio.Event()
+        self.failure: str | None = None
+        self.diag: list[str] = []
+        self._preamble = ""
+        self._fed = 0  # how much of the preamble the responder has seen
+        self._newline_after_answer = False
+        self._stderr = b""
+        self._pending = ""  # output held back: could be the start of the exit marker
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._marker_re = re.compile(re.escape(marker) + r" (\w+)(?: (\S+))?(?: (\S+))?\r?\n")
+
+    # -- asyncssh callbacks --------------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        try:
+            if datatype == asyncssh.EXTENDED_DATA_STDERR and not self.pty:
+                self._stderr_received(data)
+            else:
+                self._stdout_received(data)
+        except Exception:  # never let a parsing bug kill the connection
+            self.runner.logger.exception("%s: cannot process output", self.runner)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost = exc
+        self.closed_event.set()
+        if self.phase == "output":
+            self._flush_output()
+        if not self.started.done():
+            self._fail_start(self._closed_before_start_message())
+        self.runner._channel_closed(self)
+
+    # -- stdout --------------------------------------------------------------
+
+    def _stdout_received(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if self.phase == "preamble":
+            self._preamble_text(text)
+        elif self.phase == "output":
+            self._output_text(text)
+        elif self.pty:
+            self.runner.logger.debug("%s: after the job: %r", self.runner, self.filter.clean(text))
+
+    def _respond(self, text: str) -> str:
+        """Answer a password prompt in ``text``; returns ``text`` without the answered prompt."""
+        if self.responder is None or not text:
+            return text
+        answer = self.responder.feed(text)
+        if answer is None:
+            return text
+        if self.chan is not None and not self.chan.is_closing():
+            self.chan.write(answer)
+        if self.responder.repeat_sent and answer == self.responder.on_repeat:
+            self.runner.logger.debug("%s: the password was not accepted", self.runner)
+            return text
+        self.runner.logger.debug("%s: answered the password prompt", self.runner)
+        self._newline_after_answer = True
+        prompt = self.responder.last_prompt
+        return text.replace(prompt, "", 1) if prompt else text
+
+    def _preamble_text(self, text: str) -> None:
+        self._preamble += text
+        while self.phase == "preamble":
+            match = self._marker_re.search(self._preamble)
+            end = match.start() if match is not None else len(self._preamble)
+            if end > self._fed:
+                # Prompts come before (never inside) a marker line: answer them in order.
+                self._respond(self._preamble[self._fed : end])
+                self._fed = end
+            if match is None:
+                break
+            self._log_diag(self._preamble[: match.start()])
+            rest = self._preamble[match.end() :]
+            self._preamble, self._fed = "", 0
+            word, arg1, arg2 = match.groups()
+            if word == "started":
+                self.phase = "output"
+                if self.responder is not None:
+                    # The script's own user switch prompts again: answer it once more.
+                    self.responder.reset()
+                    self.responder.on_repeat = None
+                if not self.started.done():
+                    self.started.set_result(None)
+                if rest:
+                    self._output_text(rest)
+                return
+            self._preamble = rest
+            self._marker(word, arg1, arg2)
+        if len(self._preamble) > _PREAMBLE_LIMIT:
+            cut = len(self._preamble) - _PREAMBLE_LIMIT
+            self._log_diag(self._preamble[:cut])
+            self._preamble = self._preamble[cut:]
+            self._fed = max(0, self._fed - cut)
+
+    def _output_text(self, text: str) -> None:
+        if self.pty:
+            # The exit marker comes on the same stream: hold back what could be its start.
+            text = self._pending + text
+            index = text.find(self.marker)
+            if index >= 0:
+                line_end = text.find("\n", index)
+                if line_end < 0:
+                    self._publish(self._respond(text[:index]))
+                    self._pending = text[index:]
+                    return
+                self._publish(self._respond(text[:index]))
+                self._pending = ""
+                match = self._marker_re.match(text, index)
+                self.phase = "done"
+                if match is not None:
+                    self._marker(*match.groups())
+                self._flush_output()
+                return
+            keep = _partial_suffix(text, self.marker)
+            self._pending = text[len(text) - keep :] if keep else ""
+            text = text[: len(text) - keep] if keep else text
+            text = self._respond(text)
+        self._publish(text)
+
+    def _publish(self, text: str) -> None:
+        if self._newline_after_answer and text:
+            # The newline the prompting program prints after the (unechoed) password: it is
+            # on the terminal only, not in the job's output file.
+            self._newline_after_answer = False
+            if text.startswith("\r\n"):
+                text = text[2:]
+            elif text.startswith("\n"):
+                text = text[1:]
+        self._emit(self.filter.feed(text))
+
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        if self.skip_chars:
+            skipped = min(self.skip_chars, len(text))
+            self.skip_chars -= skipped
+            text = text[skipped:]
+            if not text:
+                return
+        self.runner._stdout(text)
+
+    def _flush_output(self) -> None:
+        tail = self._decoder.decode(b"", final=True)
+        if self.pty:
+            tail = self._pending + tail
+            self._pending = ""
+        if tail:
+            self._publish(tail)
+        self._emit(self.filter.flush())
+
+    # -- stderr (no PTY) -----------------------------------------------------
+
+    def _stderr_received(self, data: bytes) -> None:
+        self._stderr += data
+        *lines, self._stderr = self._stderr.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            if line.startswith(self.marker + " "):
+                word, _, args = line[len(self.marker) + 1 :].partition(" ")
+                arg1, _, arg2 = args.partition(" ")
+                self._marker(word, arg1 or None, arg2 or None)
+            elif self.phase == "output":
+                self.runner._stderr(line + "\n")
+            else:
+                self._log_diag(line)
+        if len(self._stderr) > _PREAMBLE_LIMIT:
+            self._log_diag(self._stderr.decode("utf-8", errors="replace"))
+            self._stderr = b""
+
+    # -- markers -------------------------------------------------------------
+
+    def _marker(self, word: str, arg1: str | None, arg2: str | None) -> None:
+        runner = self.runner
+        if word == "exit":
+            self.exit_marker = arg1
+            # Without a PTY the last output may still come after the marker (other stream).
+            if self.pty:
+                self.phase = "done"
+            if self.ack and self.chan is not None and not self.chan.is_closing():
+                self.chan.write(b"rm\n")
+                self.removes_dir = True
+        elif word == "fail":
+            template = _FAIL_MESSAGES.get(arg1 or "", "Preparing the job failed at {stage}")
+            self._fail_start(
+                template.format(dir=runner.remote_dir, code=arg2, stage=arg1), cleaned=True
+            )
+        elif word == "user":
+            if arg1 != "0":
+                self._fail_start(_FAIL_MESSAGES["user"].format(code=arg1), cleaned=True)
+        elif word in ("gone", "nopid"):
+            self.failure = word
+            self.phase = "done"
+            if not self.started.done():
+                self.started.set_result(None)
+        elif word == "ready":
+            pass
+        else:
+            runner.logger.debug("%s: unknown marker %r", runner, word)
+
+    def _fail_start(self, message: str, *, cleaned: bool = False) -> None:
+        self.phase = "done"
+        if cleaned:
+            self.removes_dir = True  # the command removes the directory (when cleanup is on)
+        if not self.started.done():
+            self.started.set_exception(RuntimeError(message))
+            self.started.exception()  # retrieved by start(); no warning when it is not
+
+    def _closed_before_start_message(self) -> str:
+        if self.lost is not None:
+            return f"The connection was lost while setting up the job: {self.lost}"
+        status = self.exit_status if self.exit_status is not None else self.exit_signal
+        detail = "; ".join(self.diag[-5:])
+        message = f"Setting up the job on the host failed (exit status {status})"
+        return f"{message}: {detail}" if detail else message
+
+    def _log_diag(self, text: str) -> None:
+        text = self.filter.clean(text).strip()
+        if not text:
+            return
+        self.runner.logger.debug("%s: %s", self.runner, text)
+        self.diag.extend(line for line in text.splitlines() if line.strip())
+        del self.diag[:-_DIAG_LINES]
+
+
+class ScriptRunner(Runner):
+    """Runs ``options.script`` on ``options.hostname`` over SSH (see the module doc)."""
+
+    recoverable = True
+
+    def __init__(
+        self,
+        options: ScriptOptions,
+        *,
+        known_hosts: KnownHosts,
+        suspended_action: SuspendedAction | None = None,
+        id: str | None = None,
+        published_chars: int = 0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(suspended_action=suspended_action, id=id)
+        self.options = options
+        self.known_hosts = known_hosts
+        self.published_chars = published_chars
+        self.logger = logger or logging.getLogger("smart_proxy_remote_execution_ssh.runner")
+        self.user_method: UserMethod = user_method(
+            options.ssh_user, options.effective_user, options.effective_user_method
+        )
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._channel: _JobChannel | None = None
+        self._dir_used = False
+        self._cleaned = False
+        self._power_action = False
+        self._news_handle: asyncio.TimerHandle | None = None
+        self._last_news = 0.0
+
+    def __repr__(self) -> str:
+        return f"<ScriptRunner id={self.id} host={self.options.hostname}>"
+
+    @property
+    def remote_dir(self) -> str:
+        """``<remote_working_dir>/foreman-ssh-cmd-<runner id>`` on the host."""
+        return remote_dir(self.options.remote_working_dir, self.id)
+
+    @property
+    def uses_pty(self) -> bool:
+        """True when the user switch needs a password typed on a terminal."""
+        return self.user_method.switches_user and bool(self.options.effective_user_password)
+
+    def timeout_interval(self) -> float | None:
+        return self.options.execution_timeout_interval
+
+    # -- hooks ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, prepare the job directory and launch the wrapper."""
+        if not await self._connect():
+            return
+        try:
+            if self.uses_pty:
+                await self._launch_with_pty()
+            else:
+                await self._launch()
+        except Exception as exc:
+            self.publish_exception("Error initializing command", exc)
+
+    async def reattach(self) -> None:
+        """After a restart of the proxy: report the job's recorded (or still coming) result."""
+        if not await self._connect():
+            return
+        marker = new_marker()
+        channel = _JobChannel(
+            self,
+            marker,
+            skip_chars=self.published_chars,
+            ack=self.options.cleanup_working_dirs,
+        )
+        command = reattach_command(
+            directory=self.remote_dir, marker=marker, cleanup=self.options.cleanup_working_dirs
+        )
+        try:
+            await self._open(channel, command)
+            await self._started(channel)
+        except Exception as exc:
+            self.publish_exception("Error re-attaching to the job", exc)
+            return
+        if channel.failure == "gone":
+            self._cleaned = True
+            self.publish_data(GONE_MESSAGE, "debug")
+            self.publish_exit_status(EXCEPTION_STATUS)
+        elif channel.failure == "nopid":
+            self._dir_used = True
+            self.publish_data(NOT_STARTED_MESSAGE, "debug")
+            self.publish_exit_status(EXCEPTION_STATUS)
+        else:
+            self._dir_used = True
+
+    async def refresh(self) -> None:
+        """Publish the exit status once the job's channel closed."""
+        channel = self._channel
+        if self.exit_status is not None or channel is None or not channel.closed:
+            return
+        self.publish_exit_status(self._final_status(channel))
+
+    async def kill(self) -> None:
+        """SIGTERM the job's whole process tree on the host (SIGKILL after a grace period)."""
+        conn, channel = self._conn, self._channel
+        if conn is None or channel is None or channel.closed:
+            self.logger.info("%s: nothing to kill, the connection is closed", self)
+            return
+        try:
+            result = await asyncio.wait_for(
+                conn.run(kill_command(self.remote_dir), check=False), COMMAND_TIMEOUT
+            )
+            self.logger.info(
+                "%s: killed the job (exit status %s) %s",
+                self,
+                result.exit_status,
+                str(result.stdout or "").strip(),
+            )
+        except Exception as exc:
+            self.publish_exception("Unexpected error", exc, fatal=False)
+
+    async def close(self) -> None:
+        """Remove the job directory (unless kept or already removed) and disconnect."""
+        if self._news_handle is not None:
+            self._news_handle.cancel()
+            self._news_handle = None
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            channel = self._channel
+            if channel is not None and not channel.closed:
+                # E.g. a failed preflight: the command is removing the directory and exiting.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(channel.closed_event.wait(), CLOSE_TIMEOUT)
+            if (
+                channel is not None
+                and channel.removes_dir
+                and channel.closed
+                and channel.exit_status is not None
+            ):
+                self._cleaned = True
+            if (
+                self.options.cleanup_working_dirs
+                and self._dir_used
+                and not self._cleaned
+                and not self._connection_lost()
+            ):
+                try:
+                    await asyncio.wait_for(
+                        conn.run(cleanup_command(self.remote_dir), check=True), COMMAND_TIMEOUT
+                    )
+                    self._cleaned = True
+                except Exception as exc:
+                    self.publish_exception(
+                        "Error when removing remote working dir", exc, fatal=False
+                    )
+        except Exception:
+            self.logger.exception("%s: cleanup failed", self)
+        finally:
+            self._conn = None
+            try:
+                conn.close()
+                await asyncio.wait_for(conn.wait_closed(), CLOSE_TIMEOUT)
+            except Exception:
+                self.logger.debug("%s: closing the connection failed", self, exc_info=True)
+
+    # -- internals -----------------------------------------------------------
+
+    async def _connect(self) -> bool:
+        try:
+            self._conn = await connect(self.options, self.known_hosts, logger=self.logger)
+        except HostUnreachable as exc:
+            self.logger.error("%s: %s", self, exc)
+            self.publish_data(str(exc), "debug")
+            self.publish_exit_status(255)
+            return False
+        except Exception as exc:
+            self.publish_exception("Error initializing command", exc)
+            return False
+        return True
+
+    def _connection_lost(self) -> bool:
+        return self._conn is None or self._conn.is_closed()
+
+    async def _open(
+        self, channel: _JobChannel, command: str, *, pty: bool = False
+    ) -> asyncssh.SSHClientChannel[bytes]:
+        assert self._conn is not None
+        self._channel = channel
+        kwargs: dict[str, Any] = {"encoding": None, "request_pty": "force" if pty else False}
+        if pty:
+            kwargs.update(term_type="dumb", term_modes={asyncssh.PTY_ONLCR: 0})
+        chan, _ = await self._conn.create_session(lambda: channel, command, **kwargs)
+        return chan
+
+    async def _launch(self) -> None:
+        options = self.options
+        marker = new_marker()
+        script = options.script.encode()
+        on_stdin = len(script) > SCRIPT_EMBED_LIMIT
+        cleanup = options.cleanup_working_dirs
+        command = launch_command(
+            directory=self.remote_dir,
+            script=None if on_stdin else options.script,
+            method=self.user_method,
+            marker=marker,
+            cleanup=cleanup,
+            script_on_stdin=on_stdin,
+        )
+        self._log_script()
+        channel = _JobChannel(self, marker, ack=cleanup and not on_stdin)
+        self._dir_used = True
+        chan = await self._open(channel, command)
+        if on_stdin:
+            chan.write(script)
+            chan.write_eof()
+        await self._started(channel)
+
+    async def _launch_with_pty(self) -> None:
+        assert self._conn is not None
+        options = self.options
+        marker = new_marker()
+        script = options.script.encode()
+        on_stdin = len(script) > SCRIPT_EMBED_LIMIT
+        cleanup = options.cleanup_working_dirs
+        setup = launch_command(
+            directory=self.remote_dir,
+            script=None if on_stdin else options.script,
+            method=self.user_method,
+            marker=marker,
+            cleanup=cleanup,
+            pty=True,
+            script_on_stdin=on_stdin,
+        )
+        self._log_script()
+        self._dir_used = True
+        result = await asyncio.wait_for(
+            self._conn.run(setup, input=script if on_stdin else None, encoding=None, check=False),
+            COMMAND_TIMEOUT,
+        )
+        stderr = (result.stderr or b"").decode("utf-8", errors="replace")
+        for line in stderr.splitlines():
+            if line.startswith(f"{marker} fail "):
+                _, _, stage, code = (line.split(" ") + ["", "", ""])[:4]
+                if cleanup:
+                    self._cleaned = True
+                template = _FAIL_MESSAGES.get(stage, "Preparing the job failed at {stage}")
+                raise RuntimeError(template.format(dir=self.remote_dir, code=code, stage=stage))
+        if f"{marker} ready" not in stderr:
+            detail = "; ".join(line for line in stderr.splitlines()[-5:] if line.strip())
+            raise RuntimeError(
+                f"Setting up the job on the host failed (exit status {result.exit_status})"
+                + (f": {detail}" if detail else "")
+            )
+        password = options.effective_user_password
+        channel = _JobChannel(
+            self,
+            marker,
+            pty=True,
+            responder=PasswordResponder(self.user_method, password, on_repeat=b"\x04"),
+            secret=password,
+            ack=cleanup,
+        )
+        await self._open(
+            channel,
+            pty_run_command(
+                directory=self.remote_dir, method=self.user_method, marker=marker, cleanup=cleanup
+            ),
+            pty=True,
+        )
+        await self._started(channel)
+
+    async def _started(self, channel: _JobChannel) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(channel.started), SETUP_TIMEOUT)
+        except TimeoutError:
+            if channel.chan is not None:
+                channel.chan.close()
+            raise RuntimeError(
+                f"The job was not set up on the host within {SETUP_TIMEOUT:g} seconds "
+                "(an unexpected prompt?)"
+            ) from None
+
+    def _log_script(self) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            indented = "\n".join(f"  | {line}" for line in self.options.script.splitlines())
+            self.logger.debug(
+                "%s: copying script to %s/script:\n%s", self, self.remote_dir, indented
+            )
+
+    def _final_status(self, channel: _JobChannel) -> int | str:
+        if channel.failure is not None:
+            return EXCEPTION_STATUS
+        if channel.exit_marker is not None:
+            try:
+                return int(channel.exit_marker)
+            except ValueError:
+                return 1
+        if channel.exit_status is not None:
+            return channel.exit_status
+        if channel.exit_signal is not None:
+            signum = getattr(signal, f"SIG{channel.exit_signal}", None)
+            return 128 + int(signum) if signum is not None else 255
+        if self._power_action:
+            self.publish_data(
+                "The connection was lost after a power action; counting it as a success", "debug"
+            )
+            return 0
+        reason = f": {channel.lost}" if channel.lost else ""
+        self.publish_data(f"The connection to the host was lost{reason}", "debug")
+        return 255
+
+    # -- called by the channel -----------------------------------------------
+
+    def _stdout(self, text: str) -> None:
+        if not self._power_action and text.lstrip().startswith(EXPECTED_POWER_ACTION_MESSAGES):
+            self._power_action = True
+        self._append("stdout", text)
+
+    def _stderr(self, text: str) -> None:
+        self._append("stderr", text)
+
+    def _append(self, output_type: str, text: str) -> None:
+        records = self._output.raw_outputs
+        if records and records[-1]["output_type"] == output_type and "id" not in records[-1]:
+            records[-1]["output"] += text
+        else:
+            self.publish_data(text, output_type)
+        self._schedule_news()
+
+    def _channel_closed(self, channel: _JobChannel) -> None:
+        if channel is not self._channel:
+            return
+        if self._news_handle is not None:
+            self._news_handle.cancel()
+            self._news_handle = None
+        self._fire_news()
+
+    def _schedule_news(self) -> None:
+        if self._news_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._last_news + NEWS_INTERVAL - loop.time()
+        if delay <= 0:
+            self._fire_news()
+        else:
+            self._news_handle = loop.call_later(delay, self._fire_news)
+
+    def _fire_news(self) -> None:
+        self._news_handle = None
+        with contextlib.suppress(RuntimeError):
+            self._last_news = asyncio.get_running_loop().time()
+        self.news()
