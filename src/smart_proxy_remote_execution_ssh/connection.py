@@ -241,14 +241,11 @@ def _asyncssh_methods(methods: list[str]) -> list[str]:
     return result
 
 
-_base_options: dict[tuple[int, bool], asyncssh.SSHClientConnectionOptions] = {}
-
-
 def base_options(known_hosts: KnownHosts, kerberos: bool) -> asyncssh.SSHClientConnectionOptions:
-    """The options shared by every connection using ``known_hosts`` (built once)."""
-    cache_key = (id(known_hosts), kerberos)
-    options = _base_options.get(cache_key)
-    if options is None or getattr(options, "_rex_known_hosts", None) is not known_hosts:
+    """The options shared by every connection using ``known_hosts`` (built once, kept there)."""
+    cache = known_hosts.connection_options
+    options = cache.get(kerberos)
+    if options is None:
         options = asyncssh.SSHClientConnectionOptions(
             known_hosts=known_hosts.trusted,
             client_keys=None,
@@ -263,8 +260,7 @@ def base_options(known_hosts: KnownHosts, kerberos: bool) -> asyncssh.SSHClientC
             host_based_auth=False,
             request_pty=False,
         )
-        options._rex_known_hosts = known_hosts  # type: ignore[attr-defined]
-        _base_options[cache_key] = options
+        cache[kerberos] = options
     return options
 
 

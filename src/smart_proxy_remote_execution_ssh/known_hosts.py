@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +42,6 @@ logger = logging.getLogger("smart_proxy_remote_execution_ssh.known_hosts")
 DEFAULT_PORT = 22
 _CA = "@cert-authority"
 _REVOKED = "@revoked"
-
-
-class HostKeyVerificationFailed(Exception):
-    """The host presented a key that is not trusted for it."""
 
 
 def host_token(host: str, port: int | None) -> str:
@@ -171,6 +167,8 @@ class KnownHosts:
         self._flush_task: asyncio.Task[None] | None = None
         self._ca: asyncssh.SSHKnownHosts | None = None
         self._ca_stat: tuple[int, int, int] | None = None
+        self.connection_options: dict[Any, Any] = {}
+        """asyncssh options built on this store, shared by all connections (see connection)."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> KnownHosts:
@@ -453,11 +451,3 @@ class KnownHosts:
     def add(self, host: str, port: int | None, key: asyncssh.SSHKey) -> None:
         """Remember ``key`` for a host (as if it was accepted as new)."""
         self._remember(host_token(host, port), key)
-
-
-def describe_failure(host: str, port: int, keys: Sequence[asyncssh.SSHKey] = ()) -> str:
-    """The message of a rejected host key."""
-    message = f"Host key verification failed for {host_token(host, port)}"
-    if keys:
-        message += f" (known: {', '.join(k.get_fingerprint() for k in keys)})"
-    return message

@@ -12,9 +12,13 @@ seconds. The exit status is the script's; 255 when the connection was lost (or c
 made at all: a debug record says why), 0 when it was lost after a power action announced itself
 (``restart host`` / ``shutdown host``, §5.11), ``EXCEPTION`` when the job could not be set up.
 
+``kill`` (cancel, and ``timeout`` after its debug line) SIGTERMs the job's whole process
+group on the host; the job then ends with 143.
+
 The job does not depend on the proxy's connection: the wrapper records ``pid``, ``output`` and
 ``exit_code`` on the host, so after a restart of the proxy :meth:`ScriptRunner.reattach` reads
-them (or follows the still running job) and reports the real result.
+them (or follows the still running job) and reports the real result. Closing a runner whose
+job has not finished (the service is stopping) only disconnects; the job goes on.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .known_hosts import KnownHosts
 from .options import ScriptOptions
 from .user_method import PasswordResponder, SecretFilter, UserMethod, user_method
 from .wrapper import (
-    SCRIPT_EMBED_LIMIT,
+    COMMAND_LIMIT,
     cleanup_command,
     kill_command,
     launch_command,
@@ -470,12 +474,23 @@ class ScriptRunner(Runner):
             self.publish_exception("Unexpected error", exc, fatal=False)
 
     async def close(self) -> None:
-        """Remove the job directory (unless kept or already removed) and disconnect."""
+        """Remove the job directory (unless kept or already removed) and disconnect.
+
+        Before the job finished (the service is stopping) the job is left running on the
+        host, with its directory, for :meth:`reattach` after the restart.
+        """
         if self._news_handle is not None:
             self._news_handle.cancel()
             self._news_handle = None
         conn = self._conn
         if conn is None:
+            return
+        if self.exit_status is None:
+            self.logger.info("%s: detaching from the job, it goes on on the host", self)
+            self._conn = None
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), CLOSE_TIMEOUT)
             return
         try:
             channel = self._channel
@@ -544,20 +559,27 @@ class ScriptRunner(Runner):
         chan, _ = await self._conn.create_session(lambda: channel, command, **kwargs)
         return chan
 
+    def _launch_command(self, marker: str, *, pty: bool) -> tuple[str, bool]:
+        """The launch command, and whether the script goes on stdin (too big for it)."""
+        kwargs: dict[str, Any] = dict(
+            directory=self.remote_dir,
+            method=self.user_method,
+            marker=marker,
+            cleanup=self.options.cleanup_working_dirs,
+            pty=pty,
+        )
+        if len(self.options.script) <= COMMAND_LIMIT:
+            command = launch_command(script=self.options.script, **kwargs)
+            if len(command.encode()) <= COMMAND_LIMIT:
+                return command, False
+        return launch_command(script=None, script_on_stdin=True, **kwargs), True
+
     async def _launch(self) -> None:
         options = self.options
         marker = new_marker()
         script = options.script.encode()
-        on_stdin = len(script) > SCRIPT_EMBED_LIMIT
         cleanup = options.cleanup_working_dirs
-        command = launch_command(
-            directory=self.remote_dir,
-            script=None if on_stdin else options.script,
-            method=self.user_method,
-            marker=marker,
-            cleanup=cleanup,
-            script_on_stdin=on_stdin,
-        )
+        command, on_stdin = self._launch_command(marker, pty=False)
         self._log_script()
         channel = _JobChannel(self, marker, ack=cleanup and not on_stdin)
         self._dir_used = True
@@ -572,17 +594,8 @@ class ScriptRunner(Runner):
         options = self.options
         marker = new_marker()
         script = options.script.encode()
-        on_stdin = len(script) > SCRIPT_EMBED_LIMIT
         cleanup = options.cleanup_working_dirs
-        setup = launch_command(
-            directory=self.remote_dir,
-            script=None if on_stdin else options.script,
-            method=self.user_method,
-            marker=marker,
-            cleanup=cleanup,
-            pty=True,
-            script_on_stdin=on_stdin,
-        )
+        setup, on_stdin = self._launch_command(marker, pty=True)
         self._log_script()
         self._dir_used = True
         result = await asyncio.wait_for(

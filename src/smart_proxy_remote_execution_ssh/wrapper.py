@@ -30,9 +30,10 @@ import shlex
 
 from .user_method import UserMethod
 
-SCRIPT_EMBED_LIMIT = 64 * 1024
-"""Scripts up to this many bytes travel inside the command (a here-document); larger ones are
-streamed on the channel's stdin (the command line of a process is limited to 128 KiB)."""
+COMMAND_LIMIT = 96 * 1024
+"""The longest launch command with the script inside (sshd runs it as one argument of the
+login shell, and Linux limits one argument to 128 KiB); with a larger script the script is
+streamed on the channel's stdin instead."""
 
 KILL_GRACE = 10
 """Seconds between the SIGTERM and the SIGKILL of :func:`kill_command`."""
@@ -54,29 +55,34 @@ def new_marker() -> str:
 def wrapper_script(directory: str, command: str) -> str:
     """The ``script-wrapper`` (§5.6) for the job in ``directory`` running ``command``.
 
-    ``check`` as the argument: exit 0 at once (the noexec preflight). Outer call (no
-    argument): re-exec itself under ``unshare --fork --kill-child`` when that works on the
-    host, else directly, with the argument ``inner``. Inner call: write its pid to ``pid``;
-    run ``command`` (stdin /dev/null) with stdout and stderr through ``tee`` into ``output``;
-    write the command's exit status to ``exit_code``; exit with it, or with 1 when
-    ``exit_code`` is missing or empty.
+    Outer call (no argument): run itself with the argument ``inner`` under ``unshare --fork
+    --kill-child`` (the whole job then hangs below unshare), or directly when unshare is
+    missing or too old (the inner call did not start: no ``pid`` file). Inner call: write its
+    pid to ``pid``; run ``command`` (stdin /dev/null) with stdout and stderr through ``tee``
+    into ``output``; write the command's exit status to ``exit_code``; exit with it, or with 1
+    when ``exit_code`` is missing or empty.
 
-    SIGHUP is ignored and ``tee`` ignores SIGPIPE, so the job (and its ``output`` file) keeps
-    going when the proxy's connection is lost.
+    With ``REX_MARKER`` in the environment the inner call first prints ``$REX_MARKER
+    started`` (the launch command runs the inner call under unshare itself, one process less,
+    and so knows the wrapper could be executed: the noexec preflight). SIGHUP is ignored and
+    ``tee`` ignores SIGPIPE, so the job (and its ``output`` file) keeps going when the proxy's
+    connection is lost.
     """
     d = shlex.quote(directory)
     wrapper = shlex.quote(f"{directory}/script-wrapper")
     return f"""#!/bin/sh
 # Foreman remote execution wrapper: records pid, output and exit code of the job.
-if [ "$1" = check ]; then exit 0; fi
 # Keep running when the proxy's connection (and a PTY with it) goes away.
 trap '' HUP
 if [ "$1" != inner ]; then
-  if unshare --fork --kill-child true >/dev/null 2>&1; then
-    exec unshare --fork --kill-child {wrapper} inner
-  fi
-  exec {wrapper} inner
+  unshare --fork --kill-child {wrapper} inner 3>&2 2>/dev/null
+  rex_code=$?
+  [ -e {d}/pid ] || exec {wrapper} inner
+  exit "$rex_code"
 fi
+[ -e /dev/fd/3 ] && exec 2>&3 3>&-
+if [ -n "${{REX_MARKER:-}}" ]; then printf '%s started\\n' "$REX_MARKER"; fi
+unset REX_MARKER
 echo $$ > {d}/pid
 (
   {command}
@@ -88,6 +94,18 @@ if [ -s {d}/exit_code ]; then
 fi
 exit 1
 """
+
+
+def _run_wrapper(env: str = "", redirect: str = "") -> str:
+    """What the wrapper's outer call does, inline (one shell less): the inner call under
+    ``unshare --fork --kill-child``, or directly when unshare did not start it; ``rc`` is set
+    to its exit status."""
+    wrapper = '"$d/script-wrapper"'
+    return (
+        f"{env}unshare --fork --kill-child {wrapper} inner 3>&2 2>/dev/null {redirect}\n"
+        "rc=$?\n"
+        f'if [ ! -e "$d/pid" ]; then {env}{wrapper} inner {redirect}; rc=$?; fi\n'
+    )
 
 
 def _write(path_expr: str, content: str) -> str:
@@ -138,10 +156,11 @@ def launch_command(
     :func:`pty_run_command` continues.
 
     Few processes are spawned (each costs the host about a millisecond): files are written
-    with the builtin ``printf``. Without a user switch the noexec preflight runs the wrapper
-    in its ``check`` mode (same directory, same kind of file as ``script``). With one, the
-    real script waits as ``script.new`` while the temporary ``script`` of §5.5 is run (as the
-    SSH user, then through the user method), then replaces it.
+    with the builtin ``printf``. Without a user switch the noexec preflight is the start of
+    the wrapper itself (same directory, same kind of file as ``script``): when it cannot be
+    executed, the command reports ``fail exec <code>`` before any output. With a user switch
+    the real script waits as ``script.new`` while the temporary ``script`` of §5.5 is run (as
+    the SSH user, then through the user method), then replaces it.
     """
     user = method.effective_user if method.switches_user else None
     target = '"$d/script"'
@@ -157,7 +176,7 @@ def launch_command(
         else:
             parts.append(_write(target, script or ""))
         parts.append(f'chmod 500 {target} "$d/script-wrapper" || rex_fail upload $?\n')
-        parts.append('"$d/script-wrapper" check < /dev/null || rex_fail exec $?\n')
+        # The noexec preflight is the start of the wrapper itself (see below).
     else:
         # All modes are set before the ACLs: a later chmod would clear the ACL mask.
         parts.append(f"printf '{PREFLIGHT_SCRIPT}' > \"$d/script\" || rex_fail upload $?\n")
@@ -180,11 +199,11 @@ def launch_command(
     if pty:
         parts.append("printf '%s ready\\n' \"$M\" >&2\n")
         return "".join(parts)
+    # The wrapper prints "started" once it runs; when it could not be executed (noexec) it
+    # wrote no pid file.
+    parts.append(_run_wrapper('REX_MARKER="$M" ', "< /dev/null"))
     parts.append(
-        "printf '%s started\\n' \"$M\"\n"
-        '"$d/script-wrapper" < /dev/null\n'
-        "rc=$?\n"
-        'printf \'%s exit %s\\n\' "$M" "$rc" >&2\n'
+        '[ -e "$d/pid" ] || rex_fail exec "$rc"\nprintf \'%s exit %s\\n\' "$M" "$rc" >&2\n'
     )
     parts.append(_ack(cleanup and not script_on_stdin))
     parts.append('exit "$rc"\n')
@@ -201,9 +220,10 @@ def pty_run_command(*, directory: str, method: UserMethod, marker: str, cleanup:
         f'if [ "$rc" != 0 ]; then{clean} exit "$rc"; fi\n'
         'mv -f "$d/script.new" "$d/script" || rex_fail upload $?\n'
         "printf '%s started\\n' \"$M\"\n"
-        '"$d/script-wrapper"\n'
-        "rc=$?\n"
-        'printf \'%s exit %s\\n\' "$M" "$rc"\n' + _ack(cleanup) + 'exit "$rc"\n'
+        + _run_wrapper()
+        + 'printf \'%s exit %s\\n\' "$M" "$rc"\n'
+        + _ack(cleanup)
+        + 'exit "$rc"\n'
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import psutil
 import pytest
 
@@ -26,7 +27,7 @@ from smart_proxy_remote_execution_ssh import connection as rex_connection
 from smart_proxy_remote_execution_ssh.known_hosts import KnownHosts
 from smart_proxy_remote_execution_ssh.options import ScriptOptions
 from smart_proxy_remote_execution_ssh.script_runner import GONE_MESSAGE, ScriptRunner
-from smart_proxy_remote_execution_ssh.wrapper import SCRIPT_EMBED_LIMIT
+from smart_proxy_remote_execution_ssh.wrapper import COMMAND_LIMIT
 from tests.support import sshd as sshd_support
 from tests.support.sshd import Sshd, SshKeys, TestUsers
 
@@ -217,10 +218,28 @@ async def test_output_is_streamed_while_the_script_runs(rex: Rex) -> None:
 
 async def test_big_script_goes_over_stdin(rex: Rex) -> None:
     padding = "#" * 100 + "\n"
-    script = "echo big\n" + padding * (SCRIPT_EMBED_LIMIT // len(padding) + 10) + "exit 4\n"
+    script = "echo big\n" + padding * (COMMAND_LIMIT // len(padding) + 10) + "exit 4\n"
     result = await drive(rex.runner(script))
     assert (result.exit_status, result.text()) == (4, "big\n")
     assert rex.job_dirs() == []
+
+
+async def test_script_that_grows_when_quoted_goes_over_stdin(rex: Rex) -> None:
+    """A script within the limit whose shell quoting (' -> '"'"') would exceed it."""
+    script = "echo quoted\n" + "# " + "'" * (COMMAND_LIMIT // 3) + "\nexit 0\n"
+    assert len(script) < COMMAND_LIMIT
+    result = await drive(rex.runner(script))
+    assert (result.exit_status, result.text()) == (0, "quoted\n")
+
+
+async def test_big_script_with_sudo_password(rex: Rex) -> None:
+    user, target = rex.users.rexuser, rex.users.rextarget
+    script = "id -un\n" + "#" * (COMMAND_LIMIT + 10) + "\n"
+    runner = rex.runner(
+        script, effective_user=target.name, secrets={"effective_user_password": user.password}
+    )
+    result = await drive(runner)
+    assert (result.exit_status, result.text()) == (0, f"{target.name}\n")
 
 
 async def test_keeps_the_working_dir_when_asked(rex: Rex) -> None:
@@ -545,8 +564,7 @@ async def test_su_with_password(rex: Rex) -> None:
     )
     result = await drive(runner)
     assert result.exit_status == 6, result.records
-    lines = result.text().splitlines()
-    assert lines[-2:] == [target.name, str(target.home)]
+    assert result.text() == f"{target.name}\n{target.home}\n"
     assert target.password not in result.everything()
 
 
@@ -683,6 +701,30 @@ async def test_reattach_to_a_finished_script(rex: Rex) -> None:
     assert rex.job_dirs() == []
 
 
+async def test_service_stop_detaches_and_a_restart_reattaches(rex: Rex) -> None:
+    """A graceful stop (Dispatcher.stop closes the runners) leaves the job running."""
+    updates: list[Update] = []
+
+    async def deliver(action: SuspendedAction, update: Update) -> None:
+        updates.append(update)
+
+    script = "echo one\nsleep 2\necho two\nexit 3\n"
+    dispatcher = Dispatcher(deliver, refresh_interval=0.2)
+    first = rex.runner(script)
+    dispatcher.start(SuspendedAction("plan", 1), first)
+    await wait_until(lambda: "one" in "".join(r["output"] for u in updates for r in u.output))
+    await dispatcher.stop()
+    assert all(u.exit_status is None for u in updates)
+    (directory,) = rex.job_dirs()
+    assert not (directory / "exit_code").exists()
+
+    published = sum(len(r["output"]) for u in updates for r in u.output)
+    again = rex.runner(script, id=first.id, published_chars=published)
+    result = await drive(again, resume=True)
+    assert (result.exit_status, result.text()) == (3, "two\n")
+    assert rex.job_dirs() == []
+
+
 async def test_reattach_without_anything_published(rex: Rex) -> None:
     runner = rex.runner("echo a\necho b\n", cleanup_working_dirs=False)
     assert (await drive(runner)).exit_status == 0
@@ -715,3 +757,37 @@ async def test_many_jobs_at_once(rex: Rex) -> None:
 def test_runner_is_recoverable() -> None:
     assert ScriptRunner.recoverable
     assert os.path.basename(__file__) == "test_script_runner.py"
+
+
+# -- the identity key cache ------------------------------------------------------------------
+
+
+async def test_identity_is_loaded_once_per_file_version(ssh_keys: SshKeys, tmp_path: Path) -> None:
+    rex_connection.clear_identity_cache()
+    key = tmp_path / "id"
+    key.write_bytes(ssh_keys.proxy.private.read_bytes())
+    key.chmod(0o600)
+    first, second = await asyncio.gather(
+        rex_connection.load_identity(str(key)), rex_connection.load_identity(str(key))
+    )
+    assert first is second
+    assert first.certificate is None
+    assert await rex_connection.load_identity(str(key)) is first
+    key.write_bytes(ssh_keys.rsa.private.read_bytes())
+    os.utime(key, ns=(1, 1))
+    reloaded = await rex_connection.load_identity(str(key))
+    assert reloaded is not first and reloaded.key.get_algorithm() == "ssh-rsa"
+    # The certificate next to the key is picked up.
+    with_cert = await rex_connection.load_identity(str(ssh_keys.proxy.private))
+    assert with_cert.certificate is not None
+
+
+async def test_encrypted_identity_needs_the_passphrase(ssh_keys: SshKeys) -> None:
+    rex_connection.clear_identity_cache()
+    path = str(ssh_keys.proxy_encrypted.private)
+    with pytest.raises(rex_connection.KeyEncrypted):
+        await rex_connection.load_identity(path)
+    with pytest.raises(asyncssh.KeyEncryptionError):
+        await rex_connection.load_identity(path, "wrong")
+    identity = await rex_connection.load_identity(path, ssh_keys.proxy_encrypted.passphrase)
+    assert identity.key is not None

@@ -69,12 +69,6 @@ def test_exit_one_when_exit_code_is_missing(tmp_path: Path) -> None:
     assert (directory / "output").read_text().startswith("before")
 
 
-def test_check_mode_runs_nothing(tmp_path: Path) -> None:
-    directory, wrapper = make_job(tmp_path, "#!/bin/sh\ntouch ran\n")
-    assert subprocess.run([str(wrapper), "check"], timeout=10).returncode == 0
-    assert sorted(p.name for p in directory.iterdir()) == ["script", "script-wrapper"]
-
-
 def fake_unshare(tmp_path: Path, body: str) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -90,16 +84,34 @@ def test_runs_under_unshare_when_it_works(tmp_path: Path) -> None:
     proc = run_wrapper(wrapper, env)
     assert (proc.returncode, proc.stdout) == (0, "hi\n")
     calls = (tmp_path / "unshare.log").read_text().splitlines()
-    assert calls == ["--fork --kill-child true", f"--fork --kill-child {wrapper} inner"]
+    assert calls == [f"--fork --kill-child {wrapper} inner"]
 
 
 def test_falls_back_without_working_unshare(tmp_path: Path) -> None:
-    env = fake_unshare(tmp_path, "exit 1")
+    env = fake_unshare(tmp_path, "echo \"unshare: unrecognized option '--kill-child'\" >&2; exit 1")
     directory, wrapper = make_job(tmp_path, "#!/bin/sh\necho hi\nexit 4\n")
     proc = run_wrapper(wrapper, env)
-    assert (proc.returncode, proc.stdout) == (4, "hi\n")
-    assert (tmp_path / "unshare.log").read_text().splitlines() == ["--fork --kill-child true"]
+    assert (proc.returncode, proc.stdout, proc.stderr) == (4, "hi\n", "")
+    assert (tmp_path / "unshare.log").read_text().splitlines() == [
+        f"--fork --kill-child {wrapper} inner"
+    ]
     assert (directory / "exit_code").read_text() == "4\n"
+
+
+def test_without_unshare_at_all(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "tee", "cat"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+    directory, wrapper = make_job(tmp_path, "#!/bin/sh\necho hi\n")
+    proc = run_wrapper(wrapper, {"PATH": str(bin_dir)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi\n", "")
+
+
+def test_marker_is_printed_first_when_asked(tmp_path: Path) -> None:
+    _, wrapper = make_job(tmp_path, '#!/bin/sh\necho "marker: ${REX_MARKER:-unset}"\n')
+    proc = run_wrapper(wrapper, {**os.environ, "REX_MARKER": "REX-1"})
+    assert proc.stdout == "REX-1 started\nmarker: unset\n"  # not passed on to the script
 
 
 def test_job_survives_a_closed_stdout(tmp_path: Path) -> None:
@@ -208,8 +220,10 @@ def test_launch_reports_a_failing_preflight_exec(tmp_path: Path) -> None:
     command = launch_command(
         directory=directory, script="true", method=UserMethod(), marker=marker, cleanup=True
     )
-    # Simulate noexec: the wrapper cannot be executed.
-    command = command.replace('"$d/script-wrapper" check', '"$d/output" check')
+    # Simulate noexec: the wrapper cannot be executed (not even by root without an x bit).
+    chmod = 'chmod 500 "$d/script" "$d/script-wrapper"'
+    assert chmod in command
+    command = command.replace(chmod, chmod.replace("500", "400"))
     proc = run_launch(command)
     assert f"{marker} fail exec 126" in proc.stderr
     assert not Path(directory).exists()  # removed on failure when cleanup is on
