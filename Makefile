@@ -51,6 +51,7 @@ lint: venv
 bench: venv
 	$(PY) bench/engine.py
 	$(PY) bench/api.py
+	$(PY) bench/rex.py
 
 # Regenerate the pinned lock file from pyproject.toml (runtime deps + `test` extra).
 # pip-tools lives in its own throwaway venv so it never touches the project venv.
