@@ -171,3 +171,16 @@ async def world(db_url: str):
         yield w
     finally:
         await w.stop()
+
+
+@pytest.fixture
+async def foreman():
+    """A fake Foreman (plain HTTP) that records callbacks, started on a free port."""
+    from tests.support.services import FakeForeman
+
+    f = FakeForeman()
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()

@@ -14,21 +14,11 @@ from smart_proxy_dynflow.proxy_plugin import DynflowPlugin
 from smart_proxy_remote_execution_ssh.keygen import ensure_key
 from smart_proxy_remote_execution_ssh.plugin import ScriptPlugin, core_plugin
 from tests.support.proxy import smart_proxy
-from tests.support.services import FakeForeman, core_service, make_config
+from tests.support.services import core_service, make_config
 from tests.support.waiting import wait_for, wait_plan_state
 
 RUN_SCRIPT = "Proxy::RemoteExecution::Ssh::Actions::RunScript"
 OLD_RUN_SCRIPT = "ForemanRemoteExecutionCore::Actions::RunScript"
-
-
-@pytest.fixture
-async def foreman():
-    f = FakeForeman()
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 @pytest.fixture
