@@ -6,11 +6,14 @@ Prints one JSON line per figure, e.g.::
     {"figure": "rex_hosts_per_s", "value": 41.2, "unit": "hosts/s", "store": "sqlite-file",
      "hosts": 500, "kex": "curve25519-sha256", "seconds": 12.1, "failures": 0, ...}
 
-The setup: the dedicated ``/bin/sh`` test user and the proxy key of ``tests/support/sshd.py``
-(root's shell start-up files cost ~0.1 s a session), and N + 1 distinct (loopback address,
-port) pairs served by real ``sshd`` instances (OpenSSH listens on at most 16 sockets per
-process, so ``ceil((N + 1) / 16)`` instances, each on 16 addresses ``127.1.<i>.<j>`` and its
-own port): no two "hosts" can share a connection. One pair is kept for a warm-up job.
+The setup: the dedicated ``/bin/sh`` test user of ``tests/support/sshd.py`` (root's shell
+start-up files cost ~0.1 s a session); the harness's proxy key as an authorized key, without
+its user certificate (OpenSSH's ``-i`` logs in with the plain key, asyncssh would prefer the
+certificate, and sshd spends ~7 ms more CPU on a certificate login here); N + 1 distinct
+(loopback address, port) pairs served by real ``sshd`` instances (OpenSSH listens on at most 16
+sockets per process, so ``ceil((N + 1) / 16)`` instances, each on 16 addresses
+``127.1.<i>.<j>`` and its own port): no two "hosts" can share a connection. One pair is kept
+for a warm-up job.
 
 Figures:
 
@@ -228,6 +231,19 @@ class Fleet:
         self.user = self.users.rexuser
         self.keys = harness.SshKeys.create(principals=self.users.names)
         self.stack.callback(self.keys.remove)
+        # The proxy key without its user certificate, so that every client authenticates the
+        # same way (an authorized key): OpenSSH's ``-i`` offers the plain key first, asyncssh
+        # the certificate, and sshd spends ~7 ms more CPU on a certificate login here.
+        directory = harness.make_temp_dir("sshkeys")
+        self.stack.callback(shutil.rmtree, directory, True)
+        self.key = harness.KeyPair(directory / harness.SshKeys.PROXY_KEY_NAME)
+        for source, target in (
+            (self.keys.proxy.private, self.key.private),
+            (self.keys.proxy.public, self.key.public),
+        ):
+            shutil.copyfile(source, target)
+        self.key.private.chmod(0o600)
+        self.key.public.chmod(0o644)
         self.working_dir = self.stack.enter_context(harness.user_directory(self.user))
         instances = math.ceil(self.count / SOCKETS_PER_SSHD)
         if instances > 250:
@@ -235,11 +251,9 @@ class Fleet:
         for index in range(instances):
             size = min(SOCKETS_PER_SSHD, self.count - index * SOCKETS_PER_SSHD)
             addresses = [f"127.1.{index + 1}.{n}" for n in range(1, size + 1)]
-            server = harness.Sshd(
-                addresses=addresses, user_ca=self.keys.user_ca, allow_users=[self.user.name]
-            )
+            server = harness.Sshd(addresses=addresses, allow_users=[self.user.name])
             self.stack.callback(server.close)
-            server.authorize(self.user.name, self.keys.proxy)
+            server.authorize(self.user.name, self.key)
             server.start()
             self.servers.append(server)
             self.hosts.extend(Host(address, server.port, server) for address in addresses)
@@ -275,7 +289,7 @@ class Service:
         (self.config_dir / "settings.yml").write_text(yaml_settings(settings))
         rex = {
             "enabled": True,
-            "ssh_identity_key_file": str(fleet.keys.proxy.private),
+            "ssh_identity_key_file": str(fleet.key.private),
             "known_hosts_file": str(self.known_hosts),
             "remote_working_dir": str(fleet.working_dir),
             "cockpit_integration": False,
@@ -545,7 +559,7 @@ async def negotiated(fleet: Fleet, host: Host, workdir: Path) -> dict[str, str]:
     from smart_proxy_remote_execution_ssh.options import ScriptOptions
 
     settings = {
-        "ssh_identity_key_file": str(fleet.keys.proxy.private),
+        "ssh_identity_key_file": str(fleet.key.private),
         "known_hosts_file": str(workdir / "probe_known_hosts"),
     }
     options = ScriptOptions.from_input(
@@ -593,7 +607,7 @@ async def stage_floor(
         argv = host.server.ssh_argv(
             fleet.user.name,
             "true",
-            identity=fleet.keys.proxy,
+            identity=fleet.key,
             address=host.address,
             options=[f"KexAlgorithms={kex}", "ControlMaster=no"],
         )
@@ -815,7 +829,7 @@ def stage_ansible(
     lines += [
         "[all:vars]",
         f"ansible_user={fleet.user.name}",
-        f"ansible_ssh_private_key_file={fleet.keys.proxy.private}",
+        f"ansible_ssh_private_key_file={fleet.key.private}",
         "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes'",
     ]
     inventory.write_text("\n".join(lines) + "\n")
