@@ -15,6 +15,7 @@ APT_PACKAGES=(
     openssh-server
     sudo
     acl
+    chromium
 )
 
 PG_HOST=127.0.0.1
