@@ -270,6 +270,7 @@ class Service:
         fleet: Fleet,
         foreman_url: str,
         profile_file: Path | None,
+        max_starting_jobs: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -294,6 +295,8 @@ class Service:
             "remote_working_dir": str(fleet.working_dir),
             "cockpit_integration": False,
         }
+        if max_starting_jobs is not None:
+            rex["max_starting_jobs"] = max_starting_jobs
         (settings_d / "remote_execution_ssh.yml").write_text(yaml_settings(rex))
         self.profile_file = profile_file
         self.proc: subprocess.Popen[bytes] | None = None
@@ -983,7 +986,9 @@ def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile_file = (args.profile / f"rex-{store}-service.pstats").resolve()
         foreman = FakeForeman()
-        service = Service(workdir, database, fleet, foreman.url, profile_file)
+        service = Service(
+            workdir, database, fleet, foreman.url, profile_file, args.max_starting_jobs
+        )
         stack.callback(service.stop)
         try:
             service.start()
@@ -1017,6 +1022,12 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--no-ansible", dest="ansible", action="store_false")
     parser.add_argument(
         "--ansible-venv", type=Path, default=None, help="a virtualenv to install ansible-core in"
+    )
+    parser.add_argument(
+        "--max-starting-jobs",
+        type=int,
+        default=None,
+        help="the plugin's max_starting_jobs setting (default: the plugin's default)",
     )
     args = parser.parse_args(argv)
     hosts = args.hosts or (20 if args.quick else 500)

@@ -55,6 +55,7 @@ class ScriptRunnerAction(RunnerAction):
         return ScriptRunner(
             state.options(self.input),
             known_hosts=state.known_hosts,
+            start_slots=state.start_slots(),
             suspended_action=self.suspended_action,
             published_chars=published,
         )

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,15 +175,16 @@ class _AuthState:
 class _Client(asyncssh.SSHClient):
     """Per-connection callbacks: host-key decisions and key/password bookkeeping."""
 
-    def __init__(self, known_hosts: KnownHosts, state: _AuthState) -> None:
+    def __init__(self, known_hosts: KnownHosts, state: _AuthState, pinned: bool = False) -> None:
         self._known_hosts = known_hosts
         self._state = state
+        self._pinned = pinned
         self._key_given = False
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
-        if self._known_hosts.accept_new(host, port, key):
+        if not self._pinned and self._known_hosts.accept_new(host, port, key):
             return True
         self._state.host_key_rejected = f"{key.get_algorithm()} {key.get_fingerprint()}"
         return False
@@ -277,6 +279,50 @@ def _handshake_slots() -> asyncio.Semaphore:
     return _handshakes
 
 
+class StartSlot:
+    """A job's place among those allowed to hand-shake and launch at the same time.
+
+    :func:`connect` takes it once the TCP connection is up (so a dead host never holds one
+    while its connect times out) and gives it back before sleeping between retries; the
+    runner gives it back once its script runs.
+    """
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def take(self) -> None:
+        if not self.held:
+            await self._slots.acquire()
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A connected TCP socket to the first address of ``host`` that answers."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, type_, proto, _, address in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(f"{host} has no address")
+
+
 _RETRYABLE = (OSError, TimeoutError, asyncio.TimeoutError, asyncssh.ConnectionLost)
 
 
@@ -308,8 +354,13 @@ async def connect(
     *,
     logger: logging.Logger | logging.LoggerAdapter[Any] = logger,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    slot: StartSlot | None = None,
 ) -> asyncssh.SSHClientConnection:
-    """Connect and authenticate to ``options.hostname`` (see the module doc)."""
+    """Connect and authenticate to ``options.hostname`` (see the module doc).
+
+    With ``slot``, the SSH handshake waits for it once the TCP connection is up; it is still
+    held when the connection is returned.
+    """
     plan = await _plan_auth(options)
     if not plan.methods:
         for method, reason in plan.skipped.items():
@@ -321,6 +372,10 @@ async def connect(
         if removed:
             logger.info("First execution on %s: removed %d stale host key(s)", host, removed)
     base = base_options(known_hosts, options.kerberos_auth)
+    pinned = (
+        asyncssh.import_public_key(options.host_public_key) if options.host_public_key else None
+    )
+    pinned_algs = [alg.decode() for alg in pinned.sig_algorithms] if pinned else []
     attempts = max(1, options.retry_count)
     last: BaseException | None = None
     for attempt in range(1, attempts + 1):
@@ -334,23 +389,35 @@ async def connect(
         kwargs: dict[str, Any] = dict(
             username=options.ssh_user,
             preferred_auth=_asyncssh_methods(plan.methods),
-            client_factory=lambda state=state: _Client(known_hosts, state),
+            client_factory=lambda state=state: _Client(known_hosts, state, pinned is not None),
             password=give_password if password else None,
             password_auth=bool(password),
             kbdint_auth=bool(password),
             public_key_auth=plan.identity is not None,
         )
-        kwargs.update(known_hosts.connect_options(host, port))
+        if pinned is not None:
+            kwargs.update(known_hosts=([pinned], [], []), server_host_key_algs=pinned_algs)
+        else:
+            kwargs.update(known_hosts.connect_options(host, port))
+        sock: socket.socket | None = None
         try:
             async with _handshake_slots():
-                return await asyncio.wait_for(
-                    asyncssh.connect(host, port, options=base, **kwargs),
-                    options.connect_timeout,
-                )
+                sock = await asyncio.wait_for(_open_socket(host, port), options.connect_timeout)
+            if slot is not None:
+                await slot.take()
+            async with _handshake_slots():
+                handshake = asyncssh.connect(host, port, sock=sock, options=base, **kwargs)
+                sock = None  # asyncssh owns it now
+                return await asyncio.wait_for(handshake, options.connect_timeout)
         except asyncssh.HostKeyNotVerifiable:
             detail = f": presented {state.host_key_rejected}" if state.host_key_rejected else ""
             message = f"Host key verification failed for {host_token(host, port)}{detail}"
-            if known_hosts.strict:
+            if pinned is not None:
+                message += (
+                    f" (the job pins the host key {pinned.get_algorithm()} "
+                    f"{pinned.get_fingerprint()})"
+                )
+            elif known_hosts.strict:
                 message += f" (not trusted by {known_hosts.ca_file})"
             else:
                 message += (
@@ -372,8 +439,13 @@ async def connect(
                 attempts,
                 _describe(exc),
             )
+            if slot is not None:
+                slot.give_back()
             if attempt < attempts and options.retry_interval > 0:
                 await sleep(options.retry_interval)
+        finally:
+            if sock is not None:
+                sock.close()
     assert last is not None
     tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
     raise HostUnreachable(

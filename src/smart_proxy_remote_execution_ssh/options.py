@@ -78,6 +78,8 @@ class ScriptOptions:
     kerberos_auth: bool = False
     ssh_ca_known_hosts_file: str | None = None
     known_hosts_file: str = os.path.expanduser(DEFAULT_KNOWN_HOSTS_FILE)
+    host_public_key: str | None = None
+    """The host's public key (OpenSSH format): when given, only this key is accepted."""
 
     @property
     def user_switch(self) -> bool:
@@ -143,6 +145,20 @@ class ScriptOptions:
         if timeout is None:
             timeout = DEFAULT_CONNECT_TIMEOUT
 
+        host_public_key = _optional_str(input.get("host_public_key"))
+        if host_public_key is not None:
+            host_public_key = host_public_key.strip()
+            try:
+                import asyncssh
+
+                asyncssh.import_public_key(host_public_key)
+            except (asyncssh.KeyImportError, ValueError):
+                raise ValueError(
+                    "host_public_key must be a public key in OpenSSH format "
+                    "('<algorithm> <base64>'), got "
+                    f"{host_public_key[:40]!r}"
+                ) from None
+
         key_file = settings.get("ssh_identity_key_file") or DEFAULT_IDENTITY_KEY_FILE
         known_hosts_file = settings.get("known_hosts_file") or DEFAULT_KNOWN_HOSTS_FILE
         ca_file = _optional_str(settings.get("ssh_ca_known_hosts_file"))
@@ -170,4 +186,5 @@ class ScriptOptions:
             kerberos_auth=_truthy(settings.get("kerberos_auth", False)),
             ssh_ca_known_hosts_file=os.path.expanduser(ca_file) if ca_file else None,
             known_hosts_file=os.path.expanduser(str(known_hosts_file)),
+            host_public_key=host_public_key,
         )

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -44,6 +45,23 @@ class RexState:
 
         self.settings = settings
         self.known_hosts = KnownHosts.from_settings(settings)
+        self.max_starting_jobs = int(settings.get("max_starting_jobs") or 64)
+        self._starts: asyncio.Semaphore | None = None
+        self._starts_loop: asyncio.AbstractEventLoop | None = None
+
+    def start_slots(self) -> asyncio.Semaphore:
+        """Bounds the jobs that are connecting and launching at the same time.
+
+        A batch of thousands of hosts does not open thousands of key exchanges at once: the
+        jobs start ``max_starting_jobs`` at a time, and a job gives its slot back as soon as
+        its script runs, so long scripts never hold one. Contending handshakes make every
+        start slower; the first results arrive sooner and the batch ends sooner this way.
+        """
+        loop = asyncio.get_running_loop()
+        if self._starts is None or self._starts_loop is not loop:
+            self._starts = asyncio.Semaphore(self.max_starting_jobs)
+            self._starts_loop = loop
+        return self._starts
 
     def options(self, input: dict[str, Any]) -> Any:
         from .options import ScriptOptions
@@ -51,9 +69,24 @@ class RexState:
         return ScriptOptions.from_input(input, self.settings)
 
 
+_SSH_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+
+
+def apply_ssh_log_level(level: str) -> None:
+    """``ssh_log_level`` is the level of the SSH library's own log (``asyncssh`` logger): its
+    messages about connections, authentication and channels go to the proxy's log file."""
+    logging.getLogger("asyncssh").setLevel(_SSH_LOG_LEVELS.get(level, logging.ERROR))
+
+
 def register(core: Any, settings: dict[str, Any]) -> None:
     """Give ``core`` the ``ssh`` operation and RunScript (raises on invalid settings)."""
     values = rex_settings.check(settings)
+    apply_ssh_log_level(values["ssh_log_level"])
     core.extensions[EXTENSION] = RexState(values)
     core.actions.register(RunScript)
     core.launchers.register("ssh", BatchLauncher)

@@ -35,7 +35,7 @@ import asyncssh
 
 from smart_proxy_dynflow.runner import EXCEPTION_STATUS, Runner, SuspendedAction
 
-from .connection import HostUnreachable, connect
+from .connection import HostUnreachable, StartSlot, connect
 from .known_hosts import KnownHosts
 from .options import ScriptOptions
 from .user_method import PasswordResponder, SecretFilter, UserMethod, user_method
@@ -365,6 +365,7 @@ class ScriptRunner(Runner):
         options: ScriptOptions,
         *,
         known_hosts: KnownHosts,
+        start_slots: asyncio.Semaphore | None = None,
         suspended_action: SuspendedAction | None = None,
         id: str | None = None,
         published_chars: int = 0,
@@ -373,6 +374,7 @@ class ScriptRunner(Runner):
         super().__init__(suspended_action=suspended_action, id=id)
         self.options = options
         self.known_hosts = known_hosts
+        self.start_slots = start_slots or asyncio.Semaphore(1)
         self.published_chars = published_chars
         self.logger = logger or logging.getLogger("smart_proxy_remote_execution_ssh.runner")
         self.user_method: UserMethod = user_method(
@@ -405,8 +407,15 @@ class ScriptRunner(Runner):
     # -- hooks ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, prepare the job directory and launch the wrapper."""
-        if not await self._connect():
+        """Connect, prepare the job directory and launch the wrapper (in a start slot)."""
+        slot = StartSlot(self.start_slots)
+        try:
+            await self._start(slot)
+        finally:
+            slot.give_back()
+
+    async def _start(self, slot: StartSlot) -> None:
+        if not await self._connect(slot):
             return
         try:
             if self.uses_pty:
@@ -418,7 +427,14 @@ class ScriptRunner(Runner):
 
     async def reattach(self) -> None:
         """After a restart of the proxy: report the job's recorded (or still coming) result."""
-        if not await self._connect():
+        slot = StartSlot(self.start_slots)
+        try:
+            await self._reattach(slot)
+        finally:
+            slot.give_back()
+
+    async def _reattach(self, slot: StartSlot) -> None:
+        if not await self._connect(slot):
             return
         marker = new_marker()
         channel = _JobChannel(
@@ -532,9 +548,11 @@ class ScriptRunner(Runner):
 
     # -- internals -----------------------------------------------------------
 
-    async def _connect(self) -> bool:
+    async def _connect(self, slot: StartSlot | None = None) -> bool:
         try:
-            self._conn = await connect(self.options, self.known_hosts, logger=self.logger)
+            self._conn = await connect(
+                self.options, self.known_hosts, logger=self.logger, slot=slot
+            )
         except HostUnreachable as exc:
             self.logger.error("%s: %s", self, exc)
             self.publish_data(str(exc), "debug")

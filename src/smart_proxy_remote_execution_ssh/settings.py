@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "mode": "ssh",
     "mqtt_resend_interval": 900,
     "mqtt_ttl": 5,
+    "max_starting_jobs": 64,
 }
 """Every key with a default; optional keys without one: ``runner_refresh_interval``,
 ``ssh_ca_known_hosts_file``, ``ssh_user_ca_public_key_file``, ``known_hosts_file`` (the file
@@ -117,6 +118,11 @@ def check(settings: Mapping[str, Any], proxy_log_level: str | None = None) -> di
         path = values.get(key)
         if path and not Path(str(path)).is_file():
             raise ConfigurationError(f"{key} {path} doesn't exist")
+    starting = values.get("max_starting_jobs")
+    if isinstance(starting, bool) or not isinstance(starting, int) or starting < 1:
+        raise ConfigurationError(
+            f"Parameter 'max_starting_jobs' must be a positive integer, got {starting!r}"
+        )
     refresh = values.get("runner_refresh_interval")
     if refresh is not None and (
         isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0

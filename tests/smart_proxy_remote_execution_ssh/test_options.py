@@ -109,6 +109,7 @@ def test_effective_user_equal_to_ssh_user_is_no_switch() -> None:
         ({"execution_timeout_interval": "soon"}, "execution_timeout_interval must be a number"),
         ({"connection_options": {"retry_count": -1}}, "retry_count must be at least 0"),
         ({"secrets": "pw"}, "Input 'secrets' must be a mapping"),
+        ({"host_public_key": "ssh-ed25519 not-base64!"}, "host_public_key must be a public key"),
     ],
 )
 def test_invalid_input(changes: dict, message: str) -> None:

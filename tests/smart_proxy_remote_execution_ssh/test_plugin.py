@@ -150,3 +150,27 @@ async def test_invalid_settings_fail_the_module_cleanly(tmp_path, key):
             )
             assert launch.status_code == 404
             assert launch.json() == {"error": "Unknown operation 'ssh' requested."}
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [("debug", "DEBUG"), ("info", "INFO"), ("error", "ERROR"), ("fatal", "CRITICAL")],
+)
+def test_ssh_log_level_sets_the_ssh_library_log(key: Path, level: str, expected: str) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from smart_proxy_dynflow.registry import ActionRegistry, LauncherRegistry
+
+    registries = SimpleNamespace(
+        extensions={}, actions=ActionRegistry(), launchers=LauncherRegistry()
+    )
+    ssh_log = logging.getLogger("asyncssh")
+    before = ssh_log.level
+    try:
+        core_plugin.register(
+            registries, {"ssh_identity_key_file": str(key), "ssh_log_level": level}
+        )
+        assert logging.getLevelName(ssh_log.level) == expected
+    finally:
+        ssh_log.setLevel(before)

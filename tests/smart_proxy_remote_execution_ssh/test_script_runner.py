@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncssh
 import psutil
@@ -473,6 +473,21 @@ async def test_ca_known_hosts_is_strict(rex: Rex, tmp_path: Path) -> None:
     assert "Host key verification failed" in result.debug
 
 
+async def test_host_public_key_pins_the_host_key(rex: Rex) -> None:
+    line = rex.sshd.known_hosts_lines()[0]
+    _, algorithm, blob = line.split()[:3]
+    before = rex.known_hosts_path.read_text()
+    result = await drive(rex.runner("echo pinned", host_public_key=f"{algorithm} {blob}"))
+    assert (result.exit_status, result.text()) == (0, "pinned\n")
+    assert rex.known_hosts_path.read_text() == before  # a pinned key is not learned
+
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    result = await drive(rex.runner("true", host_public_key=other))
+    assert result.exit_status == "EXCEPTION"
+    assert "Host key verification failed" in result.debug
+    assert "the job pins the host key ssh-ed25519" in result.debug
+
+
 # -- preflight and effective users -----------------------------------------------------------
 
 
@@ -791,3 +806,60 @@ async def test_encrypted_identity_needs_the_passphrase(ssh_keys: SshKeys) -> Non
         await rex_connection.load_identity(path, "wrong")
     identity = await rex_connection.load_identity(path, ssh_keys.proxy_encrypted.passphrase)
     assert identity.key is not None
+
+
+# -- start slots -----------------------------------------------------------------------------
+
+
+class CountingSlots(asyncio.Semaphore):
+    """A semaphore that remembers how many holders it had at most."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.holders = 0
+        self.most = 0
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        self.holders += 1
+        self.most = max(self.most, self.holders)
+        return True
+
+    def release(self) -> None:
+        self.holders -= 1
+        super().release()
+
+
+async def test_start_slots_bound_the_starts_not_the_running_scripts(rex: Rex) -> None:
+    slots = CountingSlots(1)
+    runners = [rex.runner("sleep 1; echo done", id=f"slot-{i}") for i in range(3)]
+    for runner in runners:
+        runner.start_slots = slots
+    started = time.monotonic()
+    results = await asyncio.gather(*(drive(r) for r in runners))
+    elapsed = time.monotonic() - started
+    assert [r.exit_status for r in results] == [0, 0, 0]
+    assert all("done" in r.text() for r in results)
+    assert slots.most == 1 and slots.holders == 0
+    # Each job gave its slot back once its script ran: the three sleeps overlapped.
+    assert elapsed < 2.5
+
+
+async def test_an_unreachable_host_does_not_hold_a_start_slot(
+    rex: Rex, closed_port: int
+) -> None:
+    slots = CountingSlots(1)
+    dead = rex.runner(
+        "true",
+        ssh_port=closed_port,
+        connection_options={"retry_count": 4, "retry_interval": 0.5, "timeout": 5},
+    )
+    alive = rex.runner("echo alive")
+    dead.start_slots = alive.start_slots = slots
+    dead_job = asyncio.create_task(drive(dead))
+    await asyncio.sleep(0.1)  # the dead host is retrying now
+    result = await drive(alive)
+    assert result.exit_status == 0 and "alive" in result.text()
+    assert not dead_job.done()
+    assert (await dead_job).exit_status == 255
+    assert slots.holders == 0

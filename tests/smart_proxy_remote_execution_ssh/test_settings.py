@@ -41,6 +41,8 @@ def test_a_valid_key_passes(key: Path):
         ({"ssh_user_ca_public_key_file": "/nonexistent/ca.pub"}, "doesn't exist"),
         ({"ssh_ca_known_hosts_file": "/nonexistent/known"}, "doesn't exist"),
         ({"runner_refresh_interval": "soon"}, "runner_refresh_interval"),
+        ({"max_starting_jobs": 0}, "'max_starting_jobs' must be a positive integer, got 0"),
+        ({"max_starting_jobs": "many"}, "'max_starting_jobs' must be a positive integer"),
     ],
 )
 def test_invalid_settings_are_explained(key: Path, overrides, message):
