@@ -49,14 +49,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -65,13 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import benchlib  # bench/benchlib.py, next to this script
 import httpx
 import pgdb  # bench/pgdb.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PLUGIN_DIST = BENCH / "plugin_dist"
-PROG = "smart-proxy-dynflow-core"
 
 STORE_SQLITE = "sqlite-file"
 STORE_PG = "postgresql"
@@ -83,7 +78,6 @@ TRIVIAL = "Bench::Trivial"
 FEW_STEPS = "Bench::FewSteps"
 RUNNING = "Bench::Running"
 BATCH_OPERATION = "bench-batch"
-START_TIMEOUT = 60.0
 POLL_INTERVAL = 0.02
 
 FIGURE_UNITS = {
@@ -136,52 +130,12 @@ class Sizes:
         )
 
 
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
-
-
 def figure_line(figure: str, value: float, store: str, **extra: Any) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "figure": figure,
-        "value": round(value, 3),
-        "unit": FIGURE_UNITS[figure],
-        "store": store,
-    }
-    if figure in TARGETS:
-        line["target"] = TARGETS[figure]
-    line.update(extra)
-    return line
+    return benchlib.figure_line(figure, value, store, FIGURE_UNITS, TARGETS, **extra)
 
 
 # ---- the service process ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def yaml_settings(values: dict[str, Any]) -> str:
-    return "---\n" + "".join(f":{key}: {json.dumps(value)}\n" for key, value in values.items())
-
-
-def service_command(profile_file: Path | None) -> list[str]:
-    if profile_file is not None:
-        return [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(profile_file),
-            "-m",
-            "smart_proxy_dynflow.service",
-        ]
-    script = Path(sys.executable).parent / PROG
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "smart_proxy_dynflow.service"]
-
-
-class Service:
+class Service(benchlib.ServiceProcess):
     """A service with its own config directory, started as a subprocess.
 
     ``kind``: ``core`` (``smart-proxy-dynflow-core``), ``proxy`` (``smart-proxy`` with the
@@ -197,9 +151,9 @@ class Service:
         kind: str = "core",
         core_url: str | None = None,
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.kind = kind
-        self.port = free_port()
+        self.name = kind
         self.config_dir = workdir / f"config-{kind}"
         settings_d = self.config_dir / "settings.d"
         settings_d.mkdir(parents=True)
@@ -211,12 +165,11 @@ class Service:
             dynflow: dict[str, Any] = {"enabled": True, "database": database}
             if kind == "relay":
                 dynflow = {"enabled": True, "external_core": True, "core_url": core_url}
-            (settings_d / "dynflow.yml").write_text(yaml_settings(dynflow))
-        (self.config_dir / "settings.yml").write_text(yaml_settings(settings))
+            (settings_d / "dynflow.yml").write_text(benchlib.yaml_settings(dynflow))
+        (self.config_dir / "settings.yml").write_text(benchlib.yaml_settings(settings))
         if kind != "relay":
-            (settings_d / "bench.yml").write_text(yaml_settings({"enabled": True}))
+            (settings_d / "bench.yml").write_text(benchlib.yaml_settings({"enabled": True}))
         self.profile_file = profile_file
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def prefix(self) -> str:
@@ -225,57 +178,18 @@ class Service:
 
     def command(self) -> list[str]:
         if self.kind == "core":
-            return [*service_command(self.profile_file), "-1", "-c", str(self.config_dir)]
-        script = Path(sys.executable).parent / "smart-proxy"
-        base = [str(script)] if script.exists() else [sys.executable, "-m", "smart_proxy.cli"]
-        return [*base, "-c", str(self.config_dir)]
+            command = benchlib.core_command(self.profile_file)
+        else:
+            command = benchlib.proxy_command()
+        return [*command, *(["-1"] if self.kind == "core" else []), "-c", str(self.config_dir)]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DYNFLOW_DB_CONN_STRING",)}
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
         paths = [str(PLUGIN_DIST), str(BENCH)]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        with open(self.workdir / f"{self.kind}-stderr.txt", "wb") as stderr:
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=self.workdir,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{PROG} exited with {self.proc.returncode}: {self.tail()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"{PROG} did not listen within {START_TIMEOUT} s: {self.tail()}")
-
-    def tail(self) -> str:
-        text = ""
-        for name in (f"{self.kind}-stderr.txt", f"{self.kind}.log"):
-            path = self.workdir / name
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return " | ".join(text.strip().splitlines()[-3:])
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        return env
 
 
 # ---- client helpers -----------------------------------------------------------------------------
@@ -631,27 +545,27 @@ async def run_stages(url: str, store: str, sizes: Sizes, timeout: float, service
     def failed(stage: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         for figure in STAGES[stage]:
-            emit({"figure": figure, "error": reason, "store": store})
+            benchlib.emit({"figure": figure, "error": reason, "store": store})
 
     try:
         for line in await asyncio.wait_for(
             stage_status(url, store, sizes, timeout, service_pid), timeout
         ):
-            emit(line)
+            benchlib.emit(line)
     except Exception as exc:  # noqa: BLE001 - reported as an error line
         failed("status", exc)
     try:
         for line in await asyncio.wait_for(
             stage_status(url, store, sizes, timeout, service_pid, running=True), timeout
         ):
-            emit(line)
+            benchlib.emit(line)
     except Exception as exc:  # noqa: BLE001
         failed("status_running", exc)
     ids: list[str] = []
     try:
         lines, ids = await asyncio.wait_for(stage_batch(url, store, sizes, timeout), timeout)
         for line in lines:
-            emit(line)
+            benchlib.emit(line)
     except Exception as exc:  # noqa: BLE001
         failed("batch", exc)
     if not ids:
@@ -659,7 +573,7 @@ async def run_stages(url: str, store: str, sizes: Sizes, timeout: float, service
         return
     try:
         for line in await asyncio.wait_for(stage_bulk(url, store, sizes, ids), timeout):
-            emit(line)
+            benchlib.emit(line)
     except Exception as exc:  # noqa: BLE001
         failed("bulk", exc)
 
@@ -684,7 +598,7 @@ def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) ->
             reason = f"PostgreSQL at {pgdb.PG_HOST}:{pgdb.PG_PORT} unreachable: {exc!r}"
             for figures in STAGES.values():
                 for figure in figures:
-                    emit({"figure": figure, "skipped": reason, "store": store})
+                    benchlib.emit({"figure": figure, "skipped": reason, "store": store})
             return
     try:
         with tempfile.TemporaryDirectory(prefix="dynflow-apibench-") as tmp:
@@ -704,7 +618,7 @@ def run_store(store: str, sizes: Sizes, timeout: float, profile: Path | None) ->
                 service.stop()
                 for figures in STAGES.values():
                     for figure in figures:
-                        emit({"figure": figure, "error": str(exc), "store": store})
+                        benchlib.emit({"figure": figure, "error": str(exc), "store": store})
                 return
             try:
                 assert service.proc is not None
@@ -738,10 +652,11 @@ def run_deployments(core: Service, workdir: Path, store: str, sizes: Sizes, time
 
         run_async(collect())
         for line in lines:
-            emit(line)
+            benchlib.emit(line)
     except Exception as exc:  # noqa: BLE001 - reported as error lines
         for figure in STAGES["deployments"]:
-            emit({"figure": figure, "error": f"{type(exc).__name__}: {exc}", "store": store})
+            error = f"{type(exc).__name__}: {exc}"
+            benchlib.emit({"figure": figure, "error": error, "store": store})
     finally:
         relay.stop()
         proxy.stop()

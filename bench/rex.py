@@ -63,7 +63,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchlib  # bench/benchlib.py, next to this script
 import httpx
 import pgdb  # bench/pgdb.py, next to this script
 import psutil
@@ -93,7 +93,6 @@ SOCKETS_PER_SSHD = 16  # OpenSSH's MAX_LISTEN_SOCKS
 FLOOR_PARALLEL = 50
 ANSIBLE_FORKS = 100
 SAMPLE_INTERVAL = 0.05
-START_TIMEOUT = 60.0
 
 FIGURE_UNITS = {
     "openssh_floor_hosts_per_s": "hosts/s",
@@ -112,37 +111,14 @@ REX_FIGURES = (
 )
 
 
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
-
-
 def figure_line(figure: str, value: float, store: str, **extra: Any) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "figure": figure,
-        "value": round(value, 3),
-        "unit": FIGURE_UNITS[figure],
-        "store": store,
-    }
-    if figure in TARGETS:
-        line["target"] = TARGETS[figure]
-    line.update(extra)
-    return line
+    return benchlib.figure_line(figure, value, store, FIGURE_UNITS, TARGETS, **extra)
 
 
 def error_line(figure: str, store: str, exc: BaseException | str) -> dict[str, Any]:
     if isinstance(exc, BaseException):
         exc = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return {"figure": figure, "error": exc, "store": store}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def yaml_settings(values: dict[str, Any]) -> str:
-    return "---\n" + "".join(f":{key}: {json.dumps(value)}\n" for key, value in values.items())
 
 
 def cpu_seconds(proc: psutil.Process, *, children: bool = False) -> float:
@@ -260,7 +236,7 @@ class Fleet:
 
 
 # ---- the service --------------------------------------------------------------------------------
-class Service:
+class Service(benchlib.ServiceProcess):
     """``smart-proxy-dynflow-core`` with the ``script`` plugin, in a config dir of its own."""
 
     def __init__(
@@ -272,8 +248,7 @@ class Service:
         profile_file: Path | None,
         max_starting_jobs: int | None = None,
     ) -> None:
-        self.workdir = workdir
-        self.port = free_port()
+        super().__init__(workdir)
         self.config_dir = workdir / "config"
         settings_d = self.config_dir / "settings.d"
         settings_d.mkdir(parents=True)
@@ -287,7 +262,7 @@ class Service:
             "log_file": str(workdir / "service.log"),
             "log_level": "ERROR",
         }
-        (self.config_dir / "settings.yml").write_text(yaml_settings(settings))
+        (self.config_dir / "settings.yml").write_text(benchlib.yaml_settings(settings))
         rex = {
             "enabled": True,
             "ssh_identity_key_file": str(fleet.key.private),
@@ -297,78 +272,11 @@ class Service:
         }
         if max_starting_jobs is not None:
             rex["max_starting_jobs"] = max_starting_jobs
-        (settings_d / "remote_execution_ssh.yml").write_text(yaml_settings(rex))
+        (settings_d / "remote_execution_ssh.yml").write_text(benchlib.yaml_settings(rex))
         self.profile_file = profile_file
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        if self.profile_file is not None:
-            base = [sys.executable, "-m", "cProfile", "-o", str(self.profile_file)]
-            base += ["-m", "smart_proxy_dynflow.service"]
-        else:
-            script = Path(sys.executable).parent / PROG
-            base = (
-                [str(script)]
-                if script.exists()
-                else [sys.executable, "-m", "smart_proxy_dynflow.service"]
-            )
-        return [*base, "-1", "-c", str(self.config_dir)]
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "DYNFLOW_DB_CONN_STRING"}
-        env.pop("REX_SIMULATE", None)
-        with open(self.workdir / "service-stderr.txt", "wb") as stderr:
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=self.workdir,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{PROG} exited with {self.proc.returncode}: {self.tail()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"{PROG} did not listen within {START_TIMEOUT} s: {self.tail()}")
-
-    def tail(self) -> str:
-        text = ""
-        for name in ("service-stderr.txt", "service.log"):
-            path = self.workdir / name
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return " | ".join(text.strip().splitlines()[-3:])
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def peak_rss_kb(self) -> int | None:
-        """``VmHWM``: the highest RSS the process ever had."""
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+        return [*benchlib.core_command(self.profile_file), "-1", "-c", str(self.config_dir)]
 
 
 # ---- a fake Foreman: counts callbacks -----------------------------------------------------------
@@ -386,7 +294,7 @@ class FakeForeman:
     """Just enough HTTP/1.1 to take ``POST /foreman_tasks/api/tasks/callback`` (keep-alive)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = benchlib.free_port()
         self.server: asyncio.AbstractServer | None = None
         self.waiting: list[Callbacks] = []
         self.writers: set[asyncio.StreamWriter] = set()
@@ -908,7 +816,7 @@ async def measure(
         probe = await asyncio.wait_for(negotiated(fleet, warmup, service.workdir), timeout)
     except Exception as exc:  # noqa: BLE001 - reported as error lines
         for figure in ("openssh_floor_hosts_per_s", *REX_FIGURES):
-            emit(error_line(figure, store, f"probing the key exchange: {exc!r}"))
+            benchlib.emit(error_line(figure, store, f"probing the key exchange: {exc!r}"))
         return
     kex = probe["kex"]
     floor: dict[str, Any] | None = None
@@ -916,7 +824,7 @@ async def measure(
         floor = await stage_floor(fleet, hosts, kex, store, timeout)
         floor.update(cipher=probe["cipher"], host_key=probe["host_key"])
         if floor["failures"]:
-            emit(
+            benchlib.emit(
                 error_line(
                     floor["figure"],
                     store,
@@ -925,22 +833,22 @@ async def measure(
             )
             floor = None
         else:
-            emit(floor)
+            benchlib.emit(floor)
     except Exception as exc:  # noqa: BLE001 - reported as an error line
-        emit(error_line("openssh_floor_hosts_per_s", store, exc))
+        benchlib.emit(error_line("openssh_floor_hosts_per_s", store, exc))
     try:
         await foreman.start()
         lines = await stage_rex(fleet, service, foreman, hosts, warmup, kex, store, timeout)
     except Exception as exc:  # noqa: BLE001
         for figure in REX_FIGURES:
-            emit(error_line(figure, store, exc))
+            benchlib.emit(error_line(figure, store, exc))
         return
     finally:
         await foreman.stop()
     rex = lines[0]
-    emit(rex)
+    benchlib.emit(rex)
     if floor is not None:
-        emit(
+        benchlib.emit(
             figure_line(
                 "rex_vs_floor_ratio",
                 rex["value"] / floor["value"],
@@ -952,9 +860,9 @@ async def measure(
             )
         )
     else:
-        emit(error_line("rex_vs_floor_ratio", store, "no floor figure"))
+        benchlib.emit(error_line("rex_vs_floor_ratio", store, "no floor figure"))
     for line in lines[1:]:
-        emit(line)
+        benchlib.emit(line)
 
 
 def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
@@ -968,7 +876,7 @@ def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
             except Exception as exc:  # noqa: BLE001 - any failure to reach the server skips it
                 reason = f"PostgreSQL at {pgdb.PG_HOST}:{pgdb.PG_PORT} unreachable: {exc!r}"
                 for figure in ("openssh_floor_hosts_per_s", *REX_FIGURES):
-                    emit({"figure": figure, "skipped": reason, "store": store})
+                    benchlib.emit({"figure": figure, "skipped": reason, "store": store})
                 return
             stack.callback(pgdb.drop, database_name)
             database = pgdb.url(database_name, "postgresql")
@@ -979,7 +887,7 @@ def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
             fleet.setup()
         except Exception as exc:  # noqa: BLE001
             for figure in ("openssh_floor_hosts_per_s", *REX_FIGURES):
-                emit(error_line(figure, store, exc))
+                benchlib.emit(error_line(figure, store, exc))
             return
         profile_file = None
         if args.profile is not None:
@@ -994,7 +902,7 @@ def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
             service.start()
         except Exception as exc:  # noqa: BLE001
             for figure in ("openssh_floor_hosts_per_s", *REX_FIGURES):
-                emit(error_line(figure, store, exc))
+                benchlib.emit(error_line(figure, store, exc))
             return
         run_async(measure(fleet, service, foreman, store, timeout))
         service.stop()
@@ -1002,12 +910,13 @@ def run(args: argparse.Namespace, hosts: int, timeout: float) -> None:
             try:
                 venv = ansible_venv(workdir, args.ansible_venv)
             except Exception as exc:  # noqa: BLE001 - no ansible: a skipped line
-                emit({"figure": "ansible_raw_true_s", "skipped": str(exc), "store": store})
+                benchlib.emit({"figure": "ansible_raw_true_s", "skipped": str(exc), "store": store})
             else:
                 try:
-                    emit(stage_ansible(fleet, fleet.hosts[:-1], workdir, venv, store, timeout))
+                    line = stage_ansible(fleet, fleet.hosts[:-1], workdir, venv, store, timeout)
+                    benchlib.emit(line)
                 except Exception as exc:  # noqa: BLE001
-                    emit(error_line("ansible_raw_true_s", store, exc))
+                    benchlib.emit(error_line("ansible_raw_true_s", store, exc))
 
 
 def main(argv: list[str] | None = None) -> None:
