@@ -105,7 +105,7 @@ def validation_message(exc: ValidationError, source: str | None = None) -> str:
 # ---- global settings ----------------------------------------------------------------------------
 
 
-def _string_list(value: Any) -> Any:
+def string_list(value: Any) -> Any:
     """A list of strings from a list, a comma-separated string or nothing (YAML reads ``1.2``
     as a float, so numbers become strings)."""
     if value is None:
@@ -117,6 +117,18 @@ def _string_list(value: Any) -> Any:
             str(item) if isinstance(item, int | float) and not isinstance(item, bool) else item
             for item in value
         ]
+    return value
+
+
+def log_level_name(value: Any) -> Any:
+    """A log level setting as its upper-case name (``WARNING`` reads as ``WARN``)."""
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if name not in LEVELS:
+            raise ValueError(
+                f"invalid log level {value!r} (expected UNKNOWN, FATAL, ERROR, WARN, INFO or DEBUG)"
+            )
+        return "WARN" if name == "WARNING" else name
     return value
 
 
@@ -200,27 +212,19 @@ class ProxySettings(BaseModel):
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            name = value.strip().upper()
-            if name not in LEVELS:
-                raise ValueError(
-                    f"invalid log level {value!r} "
-                    "(expected UNKNOWN, FATAL, ERROR, WARN, INFO or DEBUG)"
-                )
-            return "WARN" if name == "WARNING" else name
-        return value
+        return log_level_name(value)
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _string_list(value)
+        return string_list(value)
 
     @field_validator("bind_host", mode="before")
     @classmethod
     def _bind_host(cls, value: Any) -> Any:
         if value is None:
             return ["*"]
-        value = _string_list(value)
+        value = string_list(value)
         if isinstance(value, list) and not value:
             raise ValueError("bind_host must name at least one address ('*' for all)")
         return value

@@ -25,11 +25,12 @@ from pydantic import (
     model_validator,
 )
 
-from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, LEVELS
+from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN
 
 # The YAML helpers live in smart_proxy.settings (shared with the Smart Proxy host); they stay
 # importable from here under their old names.
 from smart_proxy.settings import SettingsError as SettingsError
+from smart_proxy.settings import log_level_name, string_list
 from smart_proxy.settings import normalise_keys as normalise_keys
 from smart_proxy.settings import read_settings_file as read_settings_file
 
@@ -161,30 +162,12 @@ class CoreSettings(BaseModel):
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            name = value.strip().upper()
-            if name not in LEVELS:
-                raise ValueError(
-                    f"invalid log level {value!r} "
-                    "(expected UNKNOWN, FATAL, ERROR, WARN, INFO or DEBUG)"
-                )
-            return name
-        return value
+        return log_level_name(value)
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod
     def _string_list(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        if isinstance(value, list | tuple):
-            # YAML reads ``[1.2]`` as a float
-            return [
-                str(item) if isinstance(item, int | float) and not isinstance(item, bool) else item
-                for item in value
-            ]
-        return value
+        return string_list(value)
 
     @field_validator("foreman_url")
     @classmethod
