@@ -109,6 +109,7 @@ def setup(settings: ProxySettings) -> LogBuffer:
         system_pattern=settings.system_logging_pattern,
         rolling_size=settings.file_rolling_size,
         rolling_keep=settings.file_rolling_keep,
+        rolling_age=settings.file_rolling_age,
         name="foreman-proxy",
     )
     handler.addFilter(SessionFilter())

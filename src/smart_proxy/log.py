@@ -234,10 +234,77 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
+ROLLING_AGES = ("daily", "weekly", "monthly")
+
+
+def rolling_age_seconds(age: str | int | None) -> int | None:
+    """``file_rolling_age`` as seconds for a count, or None for a calendar period / nothing.
+
+    Raises ValueError for anything but a positive number of seconds or daily/weekly/monthly.
+    """
+    if age is None or (isinstance(age, str) and age.strip().lower() in ROLLING_AGES):
+        return None
+    if isinstance(age, bool):
+        raise ValueError(f"file_rolling_age must be seconds or {'/'.join(ROLLING_AGES)}")
+    try:
+        seconds = int(str(age).strip())
+    except ValueError:
+        raise ValueError(
+            f"file_rolling_age must be a number of seconds or one of {', '.join(ROLLING_AGES)}, "
+            f"got {age!r}"
+        ) from None
+    if seconds <= 0:
+        raise ValueError(f"file_rolling_age must be positive, got {age!r}")
+    return seconds
+
+
+def next_rollover(opened: float, age: str | int | None) -> float | None:
+    """When a log file opened at ``opened`` is due for rotation by age (local calendar)."""
+    seconds = rolling_age_seconds(age)
+    if seconds is not None:
+        return opened + seconds
+    if age is None:
+        return None
+    start = dt.datetime.fromtimestamp(opened).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    period = str(age).strip().lower()
+    if period == "daily":
+        due = start + dt.timedelta(days=1)
+    elif period == "weekly":  # the next Monday
+        due = start + dt.timedelta(days=7 - start.weekday())
+    else:
+        due = (start.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    return due.timestamp()
+
+
 class ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Size-rotating variant (``file_rolling_size`` > 0), reopenable as well."""
+    """Rotating variant (``file_rolling_size`` > 0): by size, and by age (``file_rolling_age``:
+    seconds or daily/weekly/monthly, counted from when the file was opened); reopenable."""
 
     reopen = ReopenableFileHandler.reopen
+
+    def __init__(self, *args: Any, age: str | int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.age = age
+        self.rollover_at = next_rollover(self._opened_at(), age)
+
+    def _opened_at(self) -> float:
+        try:
+            # An existing log file counts from its last write: it was started back then.
+            st = os.stat(self.baseFilename)
+            return st.st_mtime if st.st_size else time.time()
+        except OSError:
+            return time.time()
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - stdlib name
+        if self.rollover_at is not None and time.time() >= self.rollover_at:
+            return True
+        return bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:  # noqa: N802 - stdlib name
+        super().doRollover()
+        self.rollover_at = next_rollover(time.time(), self.age)
 
 
 _PRIORITIES = ((UNKNOWN, 2), (logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4))
@@ -345,13 +412,15 @@ def setup_logging(
     name: str = DEFAULT_NAME,
     rolling_size: int = 0,
     rolling_keep: int = 6,
+    rolling_age: str | int | None = None,
     journal_socket: str = JOURNAL_SOCKET,
     syslog_socket: str = SYSLOG_SOCKET,
 ) -> logging.Handler:
     """Send the root logger to ``log_file`` at ``level``; returns the installed handler.
 
-    ``log_file``: a path (appended; size-rotated when ``rolling_size`` MiB > 0, keeping
-    ``rolling_keep`` files), ``STDOUT``, ``SYSLOG`` or ``JOURNAL``/``JOURNALD``.
+    ``log_file``: a path (appended; rotated when ``rolling_size`` MiB > 0, by size and by
+    ``rolling_age``, keeping ``rolling_keep`` files), ``STDOUT``, ``SYSLOG`` or
+    ``JOURNAL``/``JOURNALD``.
     Raises ValueError for an unknown ``level``.
     """
     global _installed, _destination
@@ -396,6 +465,7 @@ def setup_logging(
                     maxBytes=rolling_size * 1024 * 1024,
                     backupCount=rolling_keep,
                     encoding="utf-8",
+                    age=rolling_age,
                 )
             else:
                 handler = ReopenableFileHandler(path, mode="a", encoding="utf-8")

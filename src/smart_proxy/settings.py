@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from smart_proxy.log import DEFAULT_FILE_PATTERN, LEVELS
+from smart_proxy.log import DEFAULT_FILE_PATTERN, LEVELS, rolling_age_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,12 @@ class ProxySettings(BaseModel):
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return log_level_name(value)
+
+    @field_validator("file_rolling_age", mode="before")
+    @classmethod
+    def _rolling_age(cls, value: Any) -> Any:
+        rolling_age_seconds(value)
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod

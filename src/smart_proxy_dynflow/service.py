@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             system_pattern=settings.system_logging_pattern,
             rolling_size=int(settings.file_rolling_size),
             rolling_keep=int(settings.file_rolling_keep),
+            rolling_age=settings.file_rolling_age,
             name=PROG,
         )
         if settings.use_https:

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN
+from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, rolling_age_seconds
 
 # The YAML helpers live in smart_proxy.settings (shared with the Smart Proxy host); they stay
 # importable from here under their old names.
@@ -163,6 +163,12 @@ class CoreSettings(BaseModel):
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return log_level_name(value)
+
+    @field_validator("file_rolling_age", mode="before")
+    @classmethod
+    def _rolling_age(cls, value: Any) -> Any:
+        rolling_age_seconds(value)
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod

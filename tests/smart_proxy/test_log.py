@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import signal
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,38 @@ def test_rolling_file(tmp_path: Path) -> None:
     logger.info("x" * 600_000)
     logger.info("y" * 600_000)
     assert (tmp_path / "core.log.1").exists()
+
+
+def test_rolling_file_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "core.log"
+    handler = log.setup_logging(str(path), "INFO", rolling_size=1, rolling_keep=2, rolling_age=60)
+    logger.info("first minute")
+    assert not (tmp_path / "core.log.1").exists()
+    later = time.time() + 61
+    monkeypatch.setattr(log.time, "time", lambda: later)
+    logger.info("a minute later")
+    assert "first minute" in (tmp_path / "core.log.1").read_text()
+    assert "a minute later" in path.read_text() and "first minute" not in path.read_text()
+    assert handler.rollover_at == pytest.approx(later + 60)
+
+
+@pytest.mark.parametrize(
+    ("age", "opened", "due"),
+    [
+        ("daily", dt.datetime(2026, 11, 26, 15, 30), dt.datetime(2026, 11, 27)),
+        ("weekly", dt.datetime(2026, 11, 26, 15, 30), dt.datetime(2026, 11, 30)),  # a Monday
+        ("monthly", dt.datetime(2026, 12, 31, 23, 0), dt.datetime(2027, 1, 1)),
+        (3600, dt.datetime(2026, 11, 26, 15, 30), dt.datetime(2026, 11, 26, 16, 30)),
+    ],
+)
+def test_next_rollover(age: str | int, opened: dt.datetime, due: dt.datetime) -> None:
+    assert log.next_rollover(opened.timestamp(), age) == due.timestamp()
+
+
+@pytest.mark.parametrize("age", ["fortnightly", 0, -5, True])
+def test_bad_rolling_age(age: object) -> None:
+    with pytest.raises(ValueError, match="file_rolling_age"):
+        log.rolling_age_seconds(age)  # type: ignore[arg-type]
 
 
 def test_reopen_after_logrotate_rename(tmp_path: Path) -> None:

@@ -139,6 +139,14 @@ def test_invalid_log_level(tmp_path: Path) -> None:
         load_proxy_settings(tmp_path)
 
 
+def test_file_rolling_age(tmp_path: Path) -> None:
+    _config(tmp_path, ":file_rolling_age: Daily\n")
+    assert load_proxy_settings(tmp_path).file_rolling_age == "daily"
+    _config(tmp_path, ":file_rolling_age: fortnightly\n")
+    with pytest.raises(SettingsError, match="file_rolling_age must be a number of seconds"):
+        load_proxy_settings(tmp_path)
+
+
 def test_yaml_error_names_file_and_line(tmp_path: Path) -> None:
     _config(tmp_path, "---\n:http_port: 8000\n:bind_host: [unclosed\n")
     with pytest.raises(SettingsError) as info:
