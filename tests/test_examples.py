@@ -1,4 +1,6 @@
-"""The runnable examples: ``examples/deploy.py`` and the engine demo (``python -m dynflow.demo``).
+"""The runnable examples: ``examples/deploy.py``, ``examples/delayed.py``, the plugin author's
+guide examples (``examples/{singleton,halt,middleware,subscriptions,progress,metrics}.py``) and
+the engine demo (``python -m dynflow.demo``).
 
 Each runs as a subprocess in a temporary directory, so the demo's ``./var/dynflow.db`` lands
 there and nothing of the working tree is touched.
@@ -14,10 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import dynflow
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_EXAMPLE = ROOT / "examples" / "deploy.py"
+DELAYED_EXAMPLE = ROOT / "examples" / "delayed.py"
 TIMEOUT = 60
 
 
@@ -57,6 +62,65 @@ def test_deploy_example(tmp_path: Path) -> None:
     assert "deploy 1.0: stopped/success: shop-1.0.tar.gz (approved by alice)" in out
     assert "deploy 1.1: stopped/error: cancelled 1 step(s), release step pending" in out
     assert list(tmp_path.iterdir()) == []  # it keeps its database in a temporary directory
+
+
+def test_delayed_example(tmp_path: Path) -> None:
+    result = _run([str(DELAYED_EXAMPLE)], tmp_path)
+    _assert_clean(result)
+    assert result.stdout.splitlines() == [
+        "report: scheduled, arguments stored as {'args': [{'server': 'db-1'}], 'kwargs': {}}",
+        "backup: scheduled, waits for the report: True",
+        "cleanup: stopped/cancelled: Delayed task cancelled",
+        "greet: stopped/success: hello, elsewhere",
+        "report: stopped/success: report of db-1 (10.0.0.5)",
+        "backup: stopped/success: backed up db-1",
+        "history of the backup: delay, start execution, finish execution",
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+# The plugin author's guide examples (README): file -> lines their output must contain.
+GUIDE_EXAMPLES = {
+    "singleton.py": [
+        "first planned: True",
+        "second planned: False - Action __main__.Reindex is already active",
+        "first: stopped success",
+        "third planned: True -> success",
+    ],
+    "halt.py": [
+        "halt -> stopped",
+        "plan: stopped pending step: suspended",
+        "execute rejected: ",
+        "planned plan halt -> stopped",
+    ],
+    "middleware.py": [
+        "stack: Audit > AsUser > Retry > HideSecrets",
+        "calls: Audit before, AsUser before, Retry before, run, Retry after, AsUser after, "
+        "Audit after",
+        "shown input: {'name': 'web1', 'root_password': '*****'}",
+        "stored input: {'name': 'web1', 'root_password': 's3cr3t'}",
+    ],
+    "subscriptions.py": [
+        "subscribers: ['SendWelcomeMail', 'AuditLog']",
+        "run flow: ['C', 4, ['S', 2, 6]]",
+        "SendWelcomeMail: {'mailed': 'welcome alice'}",
+        "AuditLog: {'line': 'user alice has uid 1000'}",
+    ],
+    "progress.py": ["progress 0.25", "progress 0.50", "progress 0.75", "progress 1.00 success"],
+    "metrics.py": [
+        "dynflow_finished_execution_plans_total __main__.Ping success 3.0",
+        "dynflow_step_execution_time_count run 3.0",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GUIDE_EXAMPLES))
+def test_guide_example(name: str, tmp_path: Path) -> None:
+    result = _run([str(ROOT / "examples" / name)], tmp_path)
+    _assert_clean(result)
+    for line in GUIDE_EXAMPLES[name]:
+        assert line in result.stdout, (line, result.stdout)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_runs_twice_on_the_default_database(tmp_path: Path) -> None:

@@ -35,6 +35,10 @@ from .world import PlanningFailed, Triggered, World, WorldConfig  # noqa: E402
 
 __all__ += ["PlanningFailed", "Triggered", "World", "WorldConfig"]
 
+from .delayed import ArgsSerializer, DelayOptions, JsonArgs, Scheduled  # noqa: E402
+
+__all__ += ["ArgsSerializer", "DelayOptions", "JsonArgs", "Scheduled"]
+
 from .cancellable import Cancellable  # noqa: E402
 from .polling import Polling  # noqa: E402
 from .timeouts import Timeouts  # noqa: E402
@@ -44,3 +48,8 @@ __all__ += ["Cancellable", "Polling", "Timeouts"]
 from .sub_plans import WithSubPlans  # noqa: E402
 
 __all__ += ["WithSubPlans"]
+
+from .middleware import Middleware, MiddlewareCycle, MiddlewareRules  # noqa: E402
+from .singleton import Singleton  # noqa: E402
+
+__all__ += ["Middleware", "MiddlewareCycle", "MiddlewareRules", "Singleton"]

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ActionFailed, PlanningError, UnknownActionClass
+from .middleware import MiddlewareRules
 
 if TYPE_CHECKING:
+    from .delayed import ArgsSerializer, DelayOptions
     from .execution_plan import ExecutionPlan
     from .world import World
 
@@ -129,12 +131,19 @@ class SuspendedHandle:
 
 
 _registry: dict[str, type[Action]] = {}
+_registry_generation = 0  # bumped by every registration (the subscription index follows it)
 
 
 def register(cls: type[Action], *names: str) -> None:
     """Make ``cls`` loadable under its own name and every alias in ``names``."""
+    global _registry_generation
     for name in (cls.name(), *names):
         _registry[name] = cls
+    _registry_generation += 1
+
+
+def registry_generation() -> int:
+    return _registry_generation
 
 
 def lookup(name: str) -> type[Action]:
@@ -169,19 +178,30 @@ class Action:
     * ``queue``: the executor queue of its run/finalize steps (default: ``"default"``).
     * ``wire_names``: extra names it is registered under (e.g. the Ruby class name).
     * ``execution_plan_hooks``: ``{state_or_success_or_failure: [method names]}``.
-    * ``middleware``: middleware classes wrapped around this action's phases.
+    * ``middleware``: middleware wrapped around this action's phases: a list of classes,
+      ``use(M, before=..., after=..., replace=...)`` and ``do_not_use(M)`` entries
+      (``dynflow.middleware``); afterwards ``MyAction.middleware`` is the class's own
+      ``MiddlewareRules`` (``MyAction.middleware.use(M, ...)``). Inherited by subclasses.
+    * ``subscribe``: action classes (or registered names) this action subscribes to: whenever
+      one of them is planned, this action is planned too, in the same plan, after it (spec
+      §1.3). May also be a classmethod returning them.
     """
 
     queue: ClassVar[str | None] = None
     wire_names: ClassVar[tuple[str, ...]] = ()
     execution_plan_hooks: ClassVar[dict[str, list[str]]] = {}
-    middleware: ClassVar[list[Any]] = []
+    middleware: ClassVar[MiddlewareRules] = MiddlewareRules()
+    subscribe: ClassVar[Any] = ()
     cancellable: ClassVar[bool] = False
     abstract: ClassVar[bool] = True
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.abstract = abstract
+        own = cls.__dict__.get("middleware")
+        if not isinstance(own, MiddlewareRules):
+            # Every class gets its own rules, so ``Sub.middleware.use(...)`` leaves its bases be.
+            cls.middleware = MiddlewareRules(own or ())
         if not abstract:
             register(cls, *cls.__dict__.get("wire_names", ()))
 
@@ -189,6 +209,17 @@ class Action:
     @classmethod
     def name(cls) -> str:
         return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def subscriptions(cls) -> list[type[Action]]:
+        """The action classes whose planning plans this one too (from ``subscribe``)."""
+        value = cls.subscribe
+        if callable(value) and not isinstance(value, type):
+            value = value()
+        if value is None:
+            return []
+        items = value if isinstance(value, list | tuple | set | frozenset) else [value]
+        return [lookup(item) if isinstance(item, str) else item for item in items]
 
     @classmethod
     def has_run(cls) -> bool:
@@ -234,6 +265,7 @@ class Action:
         self.phase = phase
         self.execution_plan: ExecutionPlan | None = None
         self.triggering_action: Action | None = None
+        self.from_subscription = False
         self.state: str | None = None
         self._planned_self = False
         self._planned_events: list[PlannedEvent] = []
@@ -242,7 +274,13 @@ class Action:
 
     # ---- plan phase -----------------------------------------------------------------------
     def plan(self, *args: Any, **kwargs: Any) -> None:
-        """Default planning: the arguments become the input (a dict positional or keywords)."""
+        """Default planning: the arguments become the input (a dict positional or keywords).
+
+        Planned because of a subscription, the input is the triggering action's input.
+        """
+        if self.from_subscription and self.triggering_action is not None:
+            self.plan_self({**self.input, **self.triggering_action.input})
+            return
         data: dict[str, Any] = {}
         for arg in args:
             if not isinstance(arg, dict):
@@ -379,6 +417,15 @@ class Action:
 
     def humanized_state(self) -> str:
         return self.state or "pending"
+
+    # ---- delay (spec §1.8) -----------------------------------------------------------------
+    def delay(self, delay_options: DelayOptions, *args: Any, **kwargs: Any) -> ArgsSerializer:
+        """Called when a plan of this action is delayed, with the arguments ``plan`` will get;
+        returns the serializer that stores them until then (default: ``JsonArgs``, the
+        arguments as JSON values). Override it to store, say, ids instead of objects."""
+        from .delayed import JsonArgs
+
+        return JsonArgs(args, kwargs)
 
     # ---- rescue (spec §1.6) ----------------------------------------------------------------
     def rescue_strategy_for_self(self) -> str:

@@ -7,14 +7,16 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import flow as flows
+from . import telemetry
 from .action import Action, encode_refs, referenced_steps
 from .errors import NotSerializable
+from .middleware import plan_phase_chain
 from .serialization import dumps, format_time, utcnow
 from .states import check_plan_transition, derive_result
-from .step import FinalizeStep, PlanStep, RunStep, Step, error_hash
+from .step import FinalizeStep, PlanStep, RunStep, Step, error_hash, step_progress
 
 if TYPE_CHECKING:
     from .world import World
@@ -25,6 +27,26 @@ HISTORY_NAMES = {
     "stopped": "finish execution",
     "scheduled": "delay",
 }
+
+
+class LockRequest(NamedTuple):
+    """A coordinator lock planning asks for (taken when the plan is first stored)."""
+
+    lock_class: str
+    lock_id: str
+    owner: str
+    data: dict[str, Any]
+    message: str  # the planning error if another owner holds it
+    action_id: int
+
+
+def _weight(method: Any) -> float:
+    """A progress weight from the action (1 if its method fails or returns nonsense)."""
+    try:
+        value = float(method())
+    except Exception:  # noqa: BLE001 - progress must never break planning
+        return 1.0
+    return value if value >= 0 else 1.0
 
 
 class _ChildPlanningFailed(Exception):
@@ -79,6 +101,11 @@ class ExecutionPlan:
         self._next_action_id = 1
         self._run_flow_stack: list[flows.Composed] = []
         self._dependencies: dict[int, set[int]] = {}
+        # A scheduled plan's delayed record: {"start_at", "start_before", "frozen"} (or None).
+        self.delayed: dict[str, Any] | None = None
+        # Coordinator locks planning asked for (singleton actions); taken when the plan is
+        # stored, atomically: one held by another plan fails the planning (spec §1.9).
+        self.lock_requests: list[LockRequest] = []
 
     @classmethod
     def new(cls, world: World | None, id: str | None = None) -> ExecutionPlan:
@@ -98,7 +125,9 @@ class ExecutionPlan:
     def set_state(self, new: str, history: str | None = None, world_id: str | None = None) -> None:
         """Move to ``new`` (checked), fill the timing fields and append the history entry."""
         check_plan_transition(self.state, new)
-        self.state = new
+        old, self.state = self.state, new
+        if self.world is not None and old != new:
+            telemetry.plan_state_changed(self, old, new)
         now = utcnow()
         if new == "planning":
             self.started_at = now
@@ -147,13 +176,21 @@ class ExecutionPlan:
         return [s for s in self.steps.values() if s.state == "error"]
 
     def progress(self) -> float:
+        """Weighted mean progress of the run and finalize steps, 0..1 (spec §2.3).
+
+        A step counts ``progress_weight`` (set from the action's ``run_progress_weight`` /
+        ``finalize_progress_weight`` at planning) times its progress: 1 when done (success or
+        skipped), 0 when pending, else what the action reported (``run_progress``).
+        """
+        if self.state in ("pending", "scheduled", "planning"):
+            return 0.0
         done = total = 0.0
         for step_id in (*self.run_flow.step_ids(), *self.finalize_flow.step_ids()):
             step = self.steps.get(step_id)
             if step is None:
                 continue
             total += step.progress_weight
-            done += step.progress_done * step.progress_weight
+            done += step_progress(step) * step.progress_weight
         return 1.0 if total == 0 else done / total
 
     def rescue_strategy(self) -> str:
@@ -163,7 +200,7 @@ class ExecutionPlan:
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_hash(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "class": self.wire_class,
             "label": self.label,
@@ -178,7 +215,12 @@ class ExecutionPlan:
             "execution_time": self.execution_time,
             "real_time": self.real_time,
             "execution_history": list(self.execution_history),
+            # null when the plan was loaded without its steps (plan lists)
+            "progress": round(self.progress(), 4) if self.steps or not self.step_ids else None,
         }
+        if self.delayed is not None:
+            data["delayed_plan"] = dict(self.delayed)
+        return data
 
     def __repr__(self) -> str:
         return f"<ExecutionPlan {self.id} {self.state}/{self.result}>"
@@ -200,7 +242,7 @@ class ExecutionPlan:
         action = self._add_plan_step(action_class, None, caller_action)
         self.root_plan_step_id = action.plan_step_id
         try:
-            self._execute_plan_step(action, args, kwargs or {})
+            self._plan_root(action, args, kwargs or {})
         except _ChildPlanningFailed:
             pass
         try:
@@ -215,6 +257,27 @@ class ExecutionPlan:
             a.phase = "run"
         failed = any(s.state == "error" for s in self.steps.values())
         self.set_state("stopped" if failed else "planned", world_id=world_id)
+
+    def _plan_root(self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Plan the root action inside the ``plan_phase`` middleware of its class."""
+
+        def execute() -> None:
+            self._execute_plan_step(action, args, kwargs)
+
+        if self.world is None:
+            execute()
+            return
+        try:
+            plan_phase_chain(self.world.middleware_for(type(action)), action, execute, self)
+        except _ChildPlanningFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken plan_phase middleware fails planning
+            step = self.steps[action.plan_step_id]
+            if step.state != "error":
+                step.error = error_hash(exc)
+                step.state = "error"
+            assert step.error is not None
+            raise _ChildPlanningFailed(step.error) from None
 
     def _add_plan_step(
         self,
@@ -260,8 +323,20 @@ class ExecutionPlan:
         started = time.monotonic()
         step.started_at = utcnow()
         try:
+            subscribed = (
+                self.world.subscribed_actions(type(action)) if self.world is not None else []
+            )
             with self._switch_flow("C"):
-                self._call_plan(action, args, kwargs)
+                if not subscribed:
+                    self._call_plan(action, args, kwargs)
+                else:
+                    # The action's own flow and those of its subscribers run concurrently.
+                    with self._switch_flow("C"):
+                        self._call_plan(action, args, kwargs)
+                    for subscriber_class in subscribed:
+                        subscriber = self._add_plan_step(subscriber_class, action)
+                        subscriber.from_subscription = True
+                        self._execute_plan_step(subscriber, args, kwargs)
             try:
                 dumps(encode_refs(action.input))
             except NotSerializable as exc:
@@ -284,6 +359,11 @@ class ExecutionPlan:
             step.ended_at = utcnow()
             step.execution_time = time.monotonic() - started
             step.real_time = step.execution_time
+            if self.world is not None:
+                telemetry.step_executed(
+                    action.name(), "plan", step.execution_time,
+                    step.real_time if step.state == "success" else None,
+                )
 
     def _call_plan(self, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         chain = self.world.middleware_for(type(action)) if self.world is not None else []
@@ -335,7 +415,8 @@ class ExecutionPlan:
         if action.has_run():
             step_id = self._take_step_id()
             self.steps[step_id] = RunStep(
-                self.id, step_id, action.id, action.name(), "pending", queue=queue
+                self.id, step_id, action.id, action.name(), "pending", queue=queue,
+                progress_weight=_weight(action.run_progress_weight),
             )
             action.run_step_id = step_id
             self._dependencies[step_id] = set(referenced_steps(action.input))
@@ -343,7 +424,8 @@ class ExecutionPlan:
         if action.has_finalize():
             step_id = self._take_step_id()
             self.steps[step_id] = FinalizeStep(
-                self.id, step_id, action.id, action.name(), "pending", queue=queue
+                self.id, step_id, action.id, action.name(), "pending", queue=queue,
+                progress_weight=_weight(action.finalize_progress_weight),
             )
             action.finalize_step_id = step_id
             assert isinstance(self.finalize_flow, flows.Sequence)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 import uuid as uuidlib
 from collections import deque
@@ -18,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import flow as flows
+from . import locks, telemetry
 from .action import ABORT, CANCEL, Action, Suspend, dereference
 from .errors import EventRejected, NotSerializable
 from .execution_plan import ExecutionPlan
-from .middleware import finalize_chain, run_chain
+from .middleware import finalize_chain, finalize_phase_chain, run_chain
 from .serialization import dumps, utcnow
 from .step import FinalizeStep, RunStep, Step, error_hash, plain_error
 
@@ -38,13 +40,16 @@ RUNNABLE_FROM = ("pending", "error", "skipping", "suspended")
 class Queue:
     """A named queue: a bounded thread pool for plain ``def`` steps; async steps are not limited."""
 
-    def __init__(self, name: str, pool_size: int) -> None:
+    def __init__(self, name: str, pool_size: int, world_id: str = "") -> None:
         self.name = name
         self.pool_size = pool_size
+        self.world_id = world_id
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"dynflow-{name}")
         self.busy_threads = 0
         self.waiting = 0
         self.async_running = 0
+        self.events: dict[str, int] = {}  # executions per worker (thread name / event loop)
+        telemetry.track_queue(self)
 
     async def call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -57,6 +62,8 @@ class Queue:
                 return fn(*args)
             finally:
                 self.busy_threads -= 1
+                worker = threading.current_thread().name  # one key per thread: no races
+                self.events[worker] = self.events.get(worker, 0) + 1
 
         return await loop.run_in_executor(self.pool, job)
 
@@ -68,8 +75,33 @@ class Queue:
             "async_running": self.async_running,
         }
 
+    async def run_async(self, coro: Any) -> Any:
+        """Run an ``async def`` step body on the loop, counted as a busy worker."""
+        self.async_running += 1
+        try:
+            return await coro
+        finally:
+            self.async_running -= 1
+            self.events[telemetry.ASYNC_WORKER] = self.events.get(telemetry.ASYNC_WORKER, 0) + 1
+
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
+        telemetry.untrack_queue(self)
+
+
+def _record_progress(step: Step, progress: Any, weight: Any) -> None:
+    """Store what the action says of its progress on the step (never fails the step)."""
+    if step.state in ("success", "skipped"):
+        step.progress_done = 1.0
+    else:
+        try:
+            step.progress_done = min(1.0, max(0.0, float(progress())))
+        except Exception:  # noqa: BLE001
+            step.progress_done = 0.5
+    try:
+        step.progress_weight = max(0.0, float(weight()))
+    except Exception:  # noqa: BLE001
+        step.progress_weight = step.progress_weight or 1.0
 
 
 class _Pending:
@@ -98,6 +130,7 @@ class PlanRun:
         self.rescued: set[int] = set()
         self.phase = "run"
         self.halting = False
+        self.halted = False  # world.halt: ends stopped, releasing the inhibition lock
         self._finalize_stmts: list[Stmt] = []
 
     # ---- the cursor ------------------------------------------------------------------------------
@@ -157,6 +190,14 @@ class PlanRun:
     ) -> None:
         step = self.plan.steps[step_id]
         action = self.plan.actions[step.action_id]
+        if self.halting:  # dispatched just before a halt: not started, so not run
+            if step.state == "suspended":
+                self.outcome[step_id] = "suspended"
+            else:
+                self.outcome.pop(step_id, None)
+            if future is not None and not future.done():
+                future.set_exception(EventRejected("Message dropped: the plan is being halted"))
+            return
         extra: list[Stmt] = []
         if event_id is not None:
             extra.append(self.store.delete_event_stmt(event_id))
@@ -165,6 +206,7 @@ class PlanRun:
                 step.set_state("skipped")
                 step.progress_done = 1.0
                 step.progress_weight = step.progress_weight or 1.0
+                telemetry.step_executed(action.name(), "run", 0.0, step.real_time or 0.0)
                 await self._save_step(step, action, extra, [])
                 self._step_done(step, future)
                 return
@@ -226,11 +268,7 @@ class PlanRun:
             async def invoke(ev: Any) -> None:
                 args = (ev,) if accepts_event else ()
                 if inspect.iscoroutinefunction(run):
-                    queue.async_running += 1
-                    try:
-                        await run(*args)
-                    finally:
-                        queue.async_running -= 1
+                    await queue.run_async(run(*args))
                 else:
                     await queue.call(run, *args)
 
@@ -252,24 +290,18 @@ class PlanRun:
             step.ended_at = utcnow()
             if step.started_at is not None:
                 step.real_time = (step.ended_at - step.started_at).total_seconds()
+            telemetry.step_executed(
+                action.name(), "run", elapsed,
+                step.real_time if step.state == "success" else None,
+            )
         try:
             dumps(action._output)
         except NotSerializable as exc:
             action._output = {"not_serializable": True}
             step.state = "error"
             step.error = plain_error(f"output of {action.name()} is not serialisable: {exc}")
-        if step.state == "success":
-            step.progress_done = 1.0
-        else:
-            try:
-                step.progress_done = float(action.run_progress())
-            except Exception:  # noqa: BLE001
-                step.progress_done = 0.5
-        try:
-            step.progress_weight = float(action.run_progress_weight())
-        except Exception:  # noqa: BLE001
-            step.progress_weight = 1.0
         action.state = step.state
+        _record_progress(step, action.run_progress, action.run_progress_weight)
 
     def _output_of(self, action_id: int) -> dict[str, Any]:
         action = self.plan.actions.get(action_id)
@@ -376,24 +408,23 @@ class PlanRun:
         queue = self.queued.get(step.id)
         if step.state == "suspended":
             self.outcome[step.id] = "suspended"
-            if queue:
+            if queue and not self.halting:
                 pending = queue.popleft()
                 self._dispatch_event(step.id, pending)
                 return
         else:
             self.outcome[step.id] = "failed" if step.state == "error" else "done"
-            if queue:
-                while queue:
-                    pending = queue.popleft()
-                    if pending.future is not None and not pending.future.done():
-                        pending.future.set_exception(EventRejected("Message dropped"))
-                    if pending.event_id is not None:
-                        self.executor.spawn(
-                            self.store.write(
-                                self.plan.id, [self.store.delete_event_stmt(pending.event_id)]
-                            ),
-                            "drop event",
-                        )
+        while queue:
+            pending = queue.popleft()
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(EventRejected("Message dropped"))
+            if pending.event_id is not None:
+                self.executor.spawn(
+                    self.store.write(
+                        self.plan.id, [self.store.delete_event_stmt(pending.event_id)]
+                    ),
+                    "drop event",
+                )
         self.queued.pop(step.id, None)
         self.advance()
 
@@ -489,48 +520,68 @@ class PlanRun:
         for step in steps:
             if step.state in ("success", "error"):
                 step.set_state("pending")
-        ok = True
+        result = {"ok": True}
         stmts: list[Stmt] = []
-        for step in steps:
-            if step.state == "skipped":
-                continue
-            action = self.plan.actions[step.action_id]
-            action.phase = "finalize"
-            step.set_state("running")
-            step.started_at = step.started_at or utcnow()
-            started = time.monotonic()
-            finalize = action.finalize  # type: ignore[attr-defined]
-            queue = self.executor.queue(step.queue)
 
-            async def invoke(fn: Any = finalize, q: Queue = queue) -> None:
-                if inspect.iscoroutinefunction(fn):
-                    await fn()
-                else:
-                    await q.call(fn)
+        async def phase() -> None:
+            for step in steps:
+                if step.state == "skipped":
+                    continue
+                ok = await self._finalize_step(step)
+                stmts.append(self.store.update_step_stmt(step))
+                if not ok:
+                    result["ok"] = False
+                    break
 
-            stored_input = action.input
-            action.input = dereference(stored_input, self._output_of)
-            try:
-                await finalize_chain(self.world.middleware_for(type(action)), action, invoke)
-                step.set_state("success")
-                step.progress_done = 1.0
-            except Exception as exc:  # noqa: BLE001
-                step.set_state("error")
-                step.error = error_hash(exc)
-                ok = False
-            finally:
-                action.input = stored_input
-                step.execution_time = (step.execution_time or 0.0) + time.monotonic() - started
-                step.ended_at = utcnow()
-                step.real_time = (step.ended_at - step.started_at).total_seconds()
-                step.progress_weight = step.progress_weight or 1.0
-            stmts.append(self.store.update_step_stmt(step))
-            if not ok:
-                break
+        root = self.plan.root_action()
+        if root is None:
+            await phase()
+        else:
+            await finalize_phase_chain(
+                self.world.middleware_for(type(root)), root, phase, self.plan
+            )
+        ok = result["ok"] and all(s.state in ("success", "skipped") for s in steps)
         self._finalize_stmts = stmts
         if not ok:
             await self.store.write(self.plan.id, stmts)
             self._finalize_stmts = []
+        return ok
+
+    async def _finalize_step(self, step: Step) -> bool:
+        action = self.plan.actions[step.action_id]
+        action.phase = "finalize"
+        step.set_state("running")
+        step.started_at = step.started_at or utcnow()
+        started = time.monotonic()
+        finalize = action.finalize  # type: ignore[attr-defined]
+        queue = self.executor.queue(step.queue)
+
+        async def invoke(fn: Any = finalize, q: Queue = queue) -> None:
+            if inspect.iscoroutinefunction(fn):
+                await q.run_async(fn())
+            else:
+                await q.call(fn)
+
+        stored_input = action.input
+        action.input = dereference(stored_input, self._output_of)
+        ok = True
+        try:
+            await finalize_chain(self.world.middleware_for(type(action)), action, invoke)
+            step.set_state("success")
+        except Exception as exc:  # noqa: BLE001
+            step.set_state("error")
+            step.error = error_hash(exc)
+            ok = False
+        finally:
+            action.input = stored_input
+            elapsed = time.monotonic() - started
+            step.execution_time = (step.execution_time or 0.0) + elapsed
+            step.ended_at = utcnow()
+            step.real_time = (step.ended_at - step.started_at).total_seconds()
+            telemetry.step_executed(
+                action.name(), "finalize", elapsed, step.real_time if ok else None
+            )
+        _record_progress(step, action.finalize_progress, action.finalize_progress_weight)
         return ok
 
     def _end_stmts(self, state: str, history: str | None = None) -> list[Stmt]:
@@ -550,6 +601,7 @@ class PlanRun:
             self.store.release_lock_stmt(
                 EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id
             ),
+            *locks.end_stmts(self.store, plan, state, halted=self.halted),
         ]
 
     async def _end(self, state: str, history: str | None = None) -> None:
@@ -565,6 +617,27 @@ class PlanRun:
         if not self.future.done():
             self.future.set_result(plan)
 
+    async def halt(self) -> ExecutionPlan:
+        """``world.halt``: stop dispatching now, let executing steps finish, end the plan.
+
+        It ends ``stopped`` (suspended steps stay suspended), or ``paused`` if a step had
+        failed; a plan already finalizing or ending finishes that first.
+        """
+        if not self.halting:
+            self.halting = True
+            self.halted = True
+            self.executor.forget(self)  # from now on events find no manager for it
+            for handle in self.timers.values():
+                handle.cancel()
+            self.timers.clear()
+            while self.phase != "done" and not self.future.done():
+                if self.phase == "run" and not any(o == "busy" for o in self.outcome.values()):
+                    state = "paused" if self.plan.failed_steps() else "stopped"
+                    await self._end(state)
+                    break
+                await asyncio.sleep(0.01)
+        return await asyncio.shield(self.future)
+
     async def halt_after_inflight(self) -> None:
         """Graceful shutdown: let executing steps finish, then park the plan as paused."""
         self.halting = True
@@ -579,9 +652,9 @@ class Executor:
 
     def __init__(self, world: World, pool_size: int, queues: dict[str, int] | None) -> None:
         self.world = world
-        self.queues: dict[str, Queue] = {"default": Queue("default", pool_size)}
+        self.queues: dict[str, Queue] = {"default": Queue("default", pool_size, world.id)}
         for name, size in (queues or {}).items():
-            self.queues[name] = Queue(name, size)
+            self.queues[name] = Queue(name, size, world.id)
         self.runs: dict[str, PlanRun] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 

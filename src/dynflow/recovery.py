@@ -15,6 +15,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import locks
 from .errors import DynflowError
 from .executor import EXECUTION_LOCK
 from .step import RunStep, plain_error
@@ -65,6 +66,7 @@ async def invalidate_dead_worlds(world: World) -> int:
             continue
         plan_id = (lock.get("data") or {}).get("execution_plan_id") or lock["id"].split(":", 1)[-1]
         await recover_plan(world, plan_id, lock)
+    await locks.clean_orphaned_locks(world)
     return count
 
 
@@ -87,6 +89,7 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
         plan.set_state("paused", history="terminate execution", world_id=lock["owner_id"])
     stmts.append(store.update_plan_stmt(plan))
     stmts.append(release)
+    stmts.extend(locks.end_stmts(store, plan, plan.state))
     await store.write(plan.id, stmts)
     log.warning("plan %s recovered from a dead world (%s)", plan.id, plan.result)
     if plan.state != "paused":
@@ -102,7 +105,9 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
             await store.write(plan.id, stmts)
         elif strategy == "fail":
             plan.set_state("stopped", world_id=world.id)
-            await store.write(plan.id, [store.update_plan_stmt(plan)])
+            await store.write(
+                plan.id, [store.update_plan_stmt(plan), *locks.end_stmts(store, plan, "stopped")]
+            )
             await world.run_hooks(plan, "stopped")
             return
         else:

@@ -106,6 +106,15 @@ class Step:
         return f"<{self.kind} {self.execution_plan_id}:{self.id} {self.state}>"
 
 
+def step_progress(step: Step) -> float:
+    """How far a step is, 0..1: done (success, skipped) 1, pending 0, else the stored value."""
+    if step.state in ("success", "skipped"):
+        return 1.0
+    if step.state == "pending":
+        return 0.0
+    return min(1.0, max(0.0, step.progress_done or 0.0))
+
+
 class PlanStep(Step):
     kind = "PlanStep"
     wire_class = "Dynflow::ExecutionPlan::Steps::PlanStep"

@@ -17,13 +17,23 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import recovery
+from . import delayed, halt, locks, recovery
 from .action import Action, referenced_steps
 from .cleaner import Cleaner
+from .delayed import DelayOptions, Scheduled
+from .delayed_executor import DelayedExecutor
 from .errors import EventRejected, ExecutionRejected, PlanNotFound
 from .execution_plan import ExecutionPlan
 from .executor import EXECUTION_LOCK, Executor
-from .middleware import Middleware, class_middleware, hook_chain
+from .middleware import (
+    Middleware,
+    MiddlewareRules,
+    generation,
+    hook_chain,
+    present_chain,
+    resolve,
+    rules_of,
+)
 from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
 
@@ -46,6 +56,8 @@ class WorldConfig:
     world_timeout: float = 60.0
     termination_timeout: float = 60.0
     cleaner_interval: float | None = 300.0
+    # How often the delayed executor looks for due delayed plans (None: not in this world).
+    delayed_executor_interval: float | None = 15.0
     stopped_max_age: float = 1800.0
     paused_max_age: float = 7 * 24 * 3600.0
     sqlite_synchronous: str = "FULL"
@@ -65,6 +77,7 @@ class Triggered:
 
     triggered = True
     planned = True
+    scheduled = False
 
     async def wait(self, timeout: float | None = None) -> ExecutionPlan:
         return await asyncio.wait_for(asyncio.shield(self.finished), timeout)
@@ -81,6 +94,7 @@ class PlanningFailed:
 
     triggered = False
     planned = False
+    scheduled = False
 
 
 class World:
@@ -100,11 +114,15 @@ class World:
         self.auto_rescue = self.config.auto_rescue
         self.terminating = False
         self.meta = {"hostname": socket.gethostname(), "pid": os.getpid(), **self.config.meta}
-        self._middleware = [m() if isinstance(m, type) else m for m in self.config.middleware]
-        self._middleware_cache: dict[type[Action], list[Middleware]] = {}
+        # World-level middleware rules: ``world.middleware.use(M, before=, after=, replace=)``.
+        self.middleware = MiddlewareRules(self.config.middleware)
+        self._middleware_cache: dict[type[Action], tuple[int, list[Middleware]]] = {}
+        self._middleware_instances: dict[type, Middleware] = {}
+        self._subscriptions: tuple[int, dict[type[Action], list[type[Action]]]] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._started = False
         self.cleaner = Cleaner(self)
+        self.delayed_executor = DelayedExecutor(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> World:
@@ -134,6 +152,13 @@ class World:
             self._background.append(
                 asyncio.create_task(self.cleaner.loop(self.config.cleaner_interval), name="cleaner")
             )
+        if self.config.delayed_executor_interval:
+            self._background.append(
+                asyncio.create_task(
+                    self.delayed_executor.loop(self.config.delayed_executor_interval),
+                    name="dynflow-delayed-executor",
+                )
+            )
         log.info("world %s started (%s)", self.id, self.store.url.render_as_string())
 
     async def stop(self) -> None:
@@ -148,6 +173,7 @@ class World:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        await self.delayed_executor.release()
         await self.executor.shutdown(self.config.termination_timeout)
         await self.store.release_lock(WORLD_RECORD, self.id)
         await self.store.close()
@@ -162,6 +188,7 @@ class World:
                 **self.meta,
                 "queues": {n: {"pool_size": q.pool_size} for n, q in self.executor.queues.items()},
                 "last_seen": format_time(utcnow()),
+                "delayed_executor": self.delayed_executor.holding,
             },
             "last_seen_epoch": time.time(),
             "active": not self.terminating,
@@ -175,20 +202,56 @@ class World:
                     f"world:{self.id}",
                     [self.store.update_record_stmt(WORLD_RECORD, self.id, self._record())],
                 )
+                await halt.check_inhibitions(self)  # plans other worlds asked to halt
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed")
 
     # ---- middleware and hooks ----------------------------------------------------------------
     def middleware_for(self, cls: type[Action]) -> list[Middleware]:
-        chain = self._middleware_cache.get(cls)
-        if chain is None:
-            chain = list(self._middleware) + [m() for m in class_middleware(cls)]
-            self._middleware_cache[cls] = chain
+        """The middleware stack of an action class, outermost first (spec §1.7): the world's
+        rules, then those of every ancestor class and the class's own, sorted by their
+        ``before``/``after``/``replace`` rules. Raises ``MiddlewareCycle`` on contradictions."""
+        current = generation()
+        cached = self._middleware_cache.get(cls)
+        if cached is not None and cached[0] == current:
+            return cached[1]
+        chain = []
+        for key, instance in resolve([self.middleware, *rules_of(cls)]):
+            if instance is None:
+                instance = self._middleware_instances.get(key)
+                if instance is None:
+                    instance = self._middleware_instances[key] = key()
+            chain.append(instance)
+        self._middleware_cache[cls] = (current, chain)
         return chain
+
+    def present_action(
+        self, plan: ExecutionPlan, action_id: int, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What may be shown of an action (console, status API): ``data`` (default: the
+        action's hash) through the ``present`` middleware of its class. Storage is untouched."""
+        action = plan.actions[action_id]
+        if data is None:
+            data = action.to_hash()
+        return present_chain(self.middleware_for(type(action)), action, data)
+
+    def subscribed_actions(self, action_class: type[Action]) -> list[type[Action]]:
+        """The registered action classes subscribed to ``action_class`` (spec §1.1, §1.3)."""
+        from .action import registered, registry_generation
+
+        current = registry_generation()
+        if self._subscriptions is None or self._subscriptions[0] != current:
+            index: dict[type[Action], list[type[Action]]] = {}
+            for cls in dict.fromkeys(registered().values()):
+                for trigger in cls.subscriptions():
+                    index.setdefault(trigger, []).append(cls)
+            self._subscriptions = (current, index)
+        return list(self._subscriptions[1].get(action_class, ()))
 
     async def run_hooks(self, plan: ExecutionPlan, state: str) -> None:
         kinds = [state]
         if state == "stopped":
+            self.delayed_executor.plan_stopped(plan.id)  # chained plans may wait for it
             kinds.append(
                 "failure" if plan.result in ("error", "warning", "cancelled") else "success"
             )
@@ -241,7 +304,8 @@ class World:
     ) -> ExecutionPlan:
         """Plan and store a plan (``planned``, or ``stopped`` when planning failed)."""
         plan = self._plan_in_memory(action_class, args, kwargs or {}, id, caller_action)
-        await self.store.write(plan.id, self.store.insert_plan_stmts(plan))
+        if plan.state != "planned" or await locks.acquire_planning_locks(self, plan):
+            await self.store.write(plan.id, self.store.insert_plan_stmts(plan))
         await self.run_hooks(plan, "pending")
         await self.run_hooks(plan, plan.state)
         return plan
@@ -261,8 +325,11 @@ class World:
         """Plan and start executing; planning and the start share one transaction."""
         self._check_running()
         plan = self._plan_in_memory(action_class, args, kwargs or {}, id, caller_action)
-        if plan.state != "planned":
+        if plan.state == "planned" and not await locks.acquire_planning_locks(self, plan):
+            pass  # stored as stopped: a singleton lock is held by another plan
+        elif plan.state != "planned":
             await self.store.write(plan.id, self.store.insert_plan_stmts(plan))
+        if plan.state != "planned":
             await self.run_hooks(plan, "stopped")
             failed = plan.failed_steps()
             return PlanningFailed(plan.id, failed[0].error if failed else None)
@@ -281,6 +348,9 @@ class World:
             raise ExecutionRejected(
                 f"execution plan {plan_id} is {plan.state}; only planned or paused plans run"
             )
+        if await locks.is_inhibited(self.store, plan_id):
+            await halt.stop_directly(self, plan)
+            raise ExecutionRejected(f"execution plan {plan_id} was halted; it cannot run")
         return await self._start(plan, insert=False)
 
     async def resume(self, plan_id: str) -> asyncio.Future[ExecutionPlan]:
@@ -321,6 +391,91 @@ class World:
     def _check_running(self) -> None:
         if not self._started or self.terminating:
             raise ExecutionRejected("the world is not running")
+
+    # ---- delayed plans, chaining, planning elsewhere (spec §1.8) ------------------------------
+    async def delay(
+        self,
+        action_class: type[Action],
+        delay_options: DelayOptions | dict[str, Any] | None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Scheduled:
+        """Store a plan of ``action_class`` to be planned and executed later.
+
+        ``delay_options`` is a ``DelayOptions(start_at, start_before, frozen)`` (or a dict of
+        those, or None: as soon as possible); ``args``/``kwargs`` go to ``plan()`` then, through
+        the serializer the action's ``delay()`` returns. The plan is ``scheduled`` at once;
+        returns ``Scheduled``. A serializer that fails stops the plan (root step ``error``).
+        """
+        return await self.delay_with_options(
+            action_class, delay_options=delay_options, args=args, kwargs=kwargs
+        )
+
+    async def delay_with_options(
+        self,
+        action_class: type[Action],
+        *,
+        delay_options: DelayOptions | dict[str, Any] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        id: str | None = None,
+        caller_action: Action | None = None,
+        prerequisites: list[str] | tuple[str, ...] = (),
+    ) -> Scheduled:
+        self._check_running()
+        return await delayed.delay(
+            self,
+            action_class,
+            DelayOptions.coerce(delay_options),
+            args,
+            kwargs or {},
+            id=id,
+            caller_action=caller_action,
+            prerequisites=prerequisites,
+        )
+
+    async def chain(
+        self,
+        prerequisites: str | list[str] | tuple[str, ...],
+        action_class: type[Action],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Scheduled:
+        """A delayed plan that starts once every prerequisite plan is ``stopped``; it fails
+        (history "failed-dependency") if one of them stopped with result ``error``."""
+        ids = [prerequisites] if isinstance(prerequisites, str) else list(prerequisites)
+        return await self.delay_with_options(
+            action_class, args=args, kwargs=kwargs, prerequisites=ids
+        )
+
+    async def plan_elsewhere(
+        self, action_class: type[Action], *args: Any, **kwargs: Any
+    ) -> Scheduled:
+        """Return at once with ``Scheduled``; the plan is planned and executed by this world's
+        executor right after (or, should this process die first, by the delayed executor)."""
+        scheduled = await self.delay_with_options(action_class, args=args, kwargs=kwargs)
+        self.executor.spawn(self.delayed_executor.plan(scheduled.id), f"plan {scheduled.id}")
+        return scheduled
+
+    async def set_delayed_frozen(
+        self, plan_id: str, frozen: bool, start_at: Any = delayed.KEEP
+    ) -> bool:
+        """Freeze (never start) or unfreeze a delayed plan; ``start_at`` moves its start time.
+        False if the plan has no delayed record."""
+        return await delayed.set_frozen(self, plan_id, frozen, start_at)
+
+    async def delayed_plan(self, plan_id: str) -> dict[str, Any] | None:
+        """The delayed record of a plan: ``start_at``, ``start_before``, ``frozen``,
+        ``args_serializer``, ``serialized_args`` (None once it was planned or cancelled)."""
+        return await self.store.delayed.load(plan_id)
+
+    async def dependencies(self, plan_id: str) -> list[str]:
+        """Ids of the plans ``plan_id`` waits for (its prerequisites, see ``chain``)."""
+        return await self.store.delayed.dependencies(plan_id)
+
+    async def blocks(self, plan_id: str) -> list[str]:
+        """Ids of the plans that wait for ``plan_id`` (chained to it)."""
+        return await self.store.delayed.blocked_plans(plan_id)
 
     # ---- events ------------------------------------------------------------------------------
     async def event(self, plan_id: str, step_id: int, event: Any, optional: bool = False) -> None:
@@ -369,11 +524,27 @@ class World:
 
     # ---- operations --------------------------------------------------------------------------
     async def cancel(self, plan_id: str, force: bool = False) -> int:
-        """Send Cancel (Abort when ``force``) to every cancellable step; returns how many."""
+        """Send Cancel (Abort when ``force``) to every cancellable step; returns how many.
+
+        A ``scheduled`` (delayed) plan is cancelled instead: its root step becomes
+        ``cancelled``, the plan ``stopped`` with result ``cancelled`` (returns 1).
+        """
         run = self.executor.runs.get(plan_id)
         if run is None:
-            return 0
+            return await delayed.cancel(self, plan_id)
         return run.cancel(force)
+
+    async def halt(self, plan_id: str) -> str:
+        """Stop a plan for good (spec §1.9), whatever its steps are doing; returns its state.
+
+        Takes the plan's execution inhibition lock. A plan this world runs stops dispatching,
+        lets the steps that are executing finish and ends ``stopped`` (suspended steps stay
+        suspended) — or ``paused`` if a step had failed; a plan that is not running
+        (pending, planned, paused, scheduled) is stopped at once; a plan another world runs is
+        halted by that world at its next heartbeat (then ``running`` is returned). An inhibited
+        plan is never executed again. Raises ``PlanNotFound`` for an unknown id.
+        """
+        return await halt.halt(self, plan_id)
 
     async def skip_step(self, plan_id: str, step_id: int) -> None:
         """Mark a failed step of a paused plan (and what depends on it) to be skipped."""
@@ -448,6 +619,58 @@ class World:
 
     async def output_chunks(self, plan_id: str, action_id: int) -> list[dict[str, Any]]:
         return await self.store.load_output_chunks(plan_id, action_id)
+
+    async def plan_output_chunks(self, plan_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+        """Every output chunk of the plan newer than chunk ``after_id`` (each with its
+        ``action_id`` and ``id``), oldest first: one query for a whole plan's output."""
+        return await self.store.load_plan_output_chunks(plan_id, after_id)
+
+    async def plan_counts(
+        self, filters: dict[str, Any] | None = None, group_by: tuple[str, ...] = ("state",)
+    ) -> dict[tuple[Any, ...], int]:
+        """Plans matching ``filters`` counted per value of ``group_by``, e.g.
+        ``{("running", "pending"): 3, ...}`` for ``("state", "result")``. Filters are those of
+        ``find_plans``, plus ``search``: the label contains it or the id starts with it."""
+        return await self.store.plan_counts(filters, group_by)
+
+    async def plan_labels(self, limit: int = 500) -> list[str]:
+        """The distinct labels of stored plans, sorted."""
+        return await self.store.plan_labels(limit)
+
+    async def sub_plan_counts(self, plan_id: str) -> dict[int | None, int]:
+        """How many sub-plans each action of the plan spawned: ``{caller_action_id: n}``."""
+        return await self.store.sub_plan_counts(plan_id)
+
+    async def worlds(self) -> list[dict[str, Any]]:
+        """The executor worlds registered in the database (this one included): ``id``,
+        ``meta`` (hostname, pid, queues, last_seen), ``active``, ``alive`` (its heartbeat is
+        recent and its process runs), ``current`` (this world) and ``executing`` (plans it
+        holds the execution lock of)."""
+        records = await self.store.find_records(cls=WORLD_RECORD)
+        executing: dict[str, int] = {}
+        for lock in await self.store.find_records(cls=EXECUTION_LOCK):
+            owner = str(lock["owner_id"])
+            executing[owner] = executing.get(owner, 0) + 1
+        result = []
+        for record in records:
+            data = record.get("data") or {}
+            current = record["id"] == self.id
+            result.append(
+                {
+                    "id": record["id"],
+                    "meta": data.get("meta") or {},
+                    "active": bool(data.get("active", True)),
+                    "alive": current or not recovery.is_dead(self, record),
+                    "current": current,
+                    "executing": executing.get(record["id"], 0),
+                }
+            )
+        return result
+
+    async def invalidate_dead_worlds(self) -> int:
+        """Forget worlds that are gone and recover the plans they were executing (as at
+        start); returns how many worlds were invalidated."""
+        return await recovery.invalidate_dead_worlds(self)
 
     def execution_status(self) -> dict[str, dict[str, int]]:
         return self.executor.status()

@@ -121,3 +121,28 @@ coordinator_records = Table(
     Column("owner_id", String(100), index=True),
     Column("data", Text),
 )
+
+delayed_plans = Table(
+    "dynflow_delayed_plans",
+    metadata,
+    Column("execution_plan_uuid", String(36), primary_key=True),
+    Column("start_at", DateTime, index=True),
+    Column("start_before", DateTime),
+    Column("args_serializer", String(255)),
+    Column("serialized_args", Text),
+    Column("frozen", Boolean, nullable=False, default=False),
+    ForeignKeyConstraint(
+        ["execution_plan_uuid"], ["dynflow_execution_plans.uuid"], ondelete="CASCADE"
+    ),
+)
+
+execution_plan_dependencies = Table(
+    "dynflow_execution_plan_dependencies",
+    metadata,
+    Column("execution_plan_uuid", String(36), primary_key=True),
+    Column("blocked_by_uuid", String(36), primary_key=True, index=True),
+    ForeignKeyConstraint(
+        ["execution_plan_uuid"], ["dynflow_execution_plans.uuid"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(["blocked_by_uuid"], ["dynflow_execution_plans.uuid"], ondelete="CASCADE"),
+)

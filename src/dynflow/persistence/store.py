@@ -16,7 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, event, func, insert, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -26,6 +37,7 @@ from ..action import Action, resolve_class
 from ..execution_plan import ExecutionPlan
 from ..serialization import dumps, loads, parse_time
 from ..step import STEP_CLASSES, Step
+from .delayed import DelayedStore
 from .schema import (
     actions,
     coordinator_records,
@@ -112,6 +124,10 @@ DELETE_LOCK = delete(coordinator_records).where(
 )
 DELETE_LOCK_OWNED = delete(coordinator_records).where(
     coordinator_records.c.id == bindparam("b_id"),
+    coordinator_records.c["class"] == bindparam("b_class"),
+    coordinator_records.c.owner_id == bindparam("b_owner"),
+)
+DELETE_LOCKS_OF_OWNER = delete(coordinator_records).where(
     coordinator_records.c["class"] == bindparam("b_class"),
     coordinator_records.c.owner_id == bindparam("b_owner"),
 )
@@ -224,6 +240,7 @@ class Store:
         # what they loaded compare versions instead of reading again.
         self._write_seq = 0
         self._versions: dict[str, int] = {}
+        self.delayed = DelayedStore(self)  # delayed plans and dependencies between plans
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _create_engine(self, pool_size: int) -> AsyncEngine:
@@ -287,7 +304,7 @@ class Store:
         await self.writer.close()
         await self.engine.dispose()
 
-    async def migrate(self) -> None:
+    async def migrate(self, revision: str = "head") -> None:
         """Apply the Alembic migrations (idempotent; several processes may start together)."""
         from alembic import command
         from alembic.config import Config
@@ -296,7 +313,7 @@ class Store:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = sync_conn
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
@@ -408,6 +425,11 @@ class Store:
         return Stmt(DELETE_LOCK_OWNED, {"b_id": lock_id, "b_class": cls, "b_owner": owner})
 
     @staticmethod
+    def release_locks_of_owner_stmt(cls: str, owner: str) -> Stmt:
+        """Release every lock of class ``cls`` that ``owner`` holds (e.g. a plan's singletons)."""
+        return Stmt(DELETE_LOCKS_OF_OWNER, {"b_class": cls, "b_owner": owner})
+
+    @staticmethod
     def update_record_stmt(cls: str, record_id: str, data: dict[str, Any]) -> Stmt:
         return Stmt(UPDATE_RECORD, {"b_id": record_id, "b_class": cls, "data": dumps(data)})
 
@@ -477,6 +499,8 @@ class Store:
             if row is None:
                 return None
             plan = self._plan_from_row(row, world)
+            if row.state in ("scheduled", "planning"):
+                plan.delayed = (await self.delayed.info_of(conn, [plan_id])).get(plan_id)
             if with_steps:
                 for srow in await conn.execute(
                     select(steps).where(steps.c.execution_plan_uuid == plan_id)
@@ -500,9 +524,14 @@ class Store:
             return query
         filters = dict(filters)
         caller_plan = filters.pop("caller_execution_plan_id", None)
+        # "delayed" (any value): only plans with a delayed record (spec §4.3).
+        delayed_only = "delayed" in filters
+        filters.pop("delayed", None)
         caller_action = filters.pop("caller_action_id", None)
         if caller_action is not None and caller_plan is None:
             raise ValueError("filter caller_action_id requires caller_execution_plan_id")
+        # "search": the label contains the text (any case) or the id starts with it.
+        search = filters.pop("search", None)
         started_after = filters.pop("started_at_from", None)
         started_before = filters.pop("started_at_to", None)
         ended_after = filters.pop("ended_at_from", None)
@@ -526,6 +555,8 @@ class Store:
                 col = execution_plans.c[column]
                 when = parse_time(value)
                 query = query.where(col >= when if op == ">=" else col <= when)
+        if delayed_only:
+            query = query.where(DelayedStore.has_record())
         if caller_plan is not None:
             condition = [
                 actions.c.execution_plan_uuid == execution_plans.c.uuid,
@@ -537,7 +568,26 @@ class Store:
                 ids = caller_action if isinstance(caller_action, list | tuple) else [caller_action]
                 condition.append(actions.c.caller_action_id.in_([int(i) for i in ids]))
             query = query.where(select(actions.c.id).where(and_(*condition)).exists())
+        if search is not None and str(search).strip():
+            query = query.where(self._search(str(search).strip()))
         return query
+
+    def _search(self, term: str) -> Any:
+        """The label contains ``term`` (any case) or the id starts with it. On SQLite both are
+        looked up in the covering label and id indexes (not row by row)."""
+        label = execution_plans.c.label.icontains(term, autoescape=True)
+        uuid = execution_plans.c.uuid.startswith(term.lower(), autoescape=True)
+        if self.dialect != "sqlite":
+            return label | uuid
+        found = execution_plans.alias("found")
+        rowid = literal_column("found.rowid")
+        matching = union_all(
+            select(rowid).select_from(found).where(found.c.label.icontains(term, autoescape=True)),
+            select(rowid)
+            .select_from(found)
+            .where(found.c.uuid.startswith(term.lower(), autoescape=True)),
+        )
+        return literal_column(f"{execution_plans.name}.rowid").in_(matching)
 
     async def find_plans(
         self,
@@ -548,20 +598,49 @@ class Store:
         desc: bool = False,
         page: int | None = None,
         per_page: int | None = None,
+        narrow: bool = False,
     ) -> list[ExecutionPlan]:
-        query = self._filtered(select(execution_plans), filters)
+        """Plans matching ``filters``, ordered by ``order_by`` (then by id), a page of them.
+
+        ``narrow`` (for deep pages of many plans, e.g. the console): sort and skip only the
+        sort key and the row's key, then load the page's rows; on SQLite ties are then in
+        insertion order instead of by id.
+        """
         order = order_by or "started_at"
         if order not in ORDER_COLUMNS:
             raise ValueError(f"cannot order by {order!r}")
         column = execution_plans.c[order]
-        query = query.order_by(column.desc() if desc else column.asc(), execution_plans.c.uuid)
         if page is not None and per_page is None:
             raise ValueError("page requires per_page")
-        if per_page is not None:
-            query = query.limit(per_page).offset((page or 0) * per_page)
+
+        def ordered(query: Any, tie: Any) -> Any:
+            if desc:
+                return query.order_by(column.desc(), tie.desc() if narrow else tie)
+            return query.order_by(column.asc(), tie)
+
+        if narrow and per_page is not None:
+            if self.dialect == "sqlite":
+                key: Any = literal_column(f"{execution_plans.name}.rowid")
+                inner: Any = select(key).select_from(execution_plans)
+            else:
+                key = execution_plans.c.uuid
+                inner = select(key)
+            inner = ordered(self._filtered(inner, filters), key)
+            inner = inner.limit(per_page).offset((page or 0) * per_page).correlate(None)
+            query = ordered(select(execution_plans).where(key.in_(inner)), key)
+        else:
+            query = self._filtered(select(execution_plans), filters)
+            query = ordered(query, execution_plans.c.uuid)
+            if per_page is not None:
+                query = query.limit(per_page).offset((page or 0) * per_page)
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
-        return [self._plan_from_row(r, world) for r in rows]
+            waiting = [r.uuid for r in rows if r.state in ("scheduled", "planning")]
+            delayed = await self.delayed.info_of(conn, waiting)
+        plans = [self._plan_from_row(r, world) for r in rows]
+        for plan in plans:
+            plan.delayed = delayed.get(plan.id)
+        return plans
 
     async def count_plans(self, filters: dict[str, Any] | None = None) -> int:
         query = self._filtered(select(func.count()).select_from(execution_plans), filters)
@@ -580,6 +659,37 @@ class Store:
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.uuid: {"state": r.state, "result": r.result} for r in rows}
+
+    async def plan_counts(
+        self, filters: dict[str, Any] | None = None, group_by: Sequence[str] = ("state",)
+    ) -> dict[tuple[Any, ...], int]:
+        """How many plans match ``filters``, per value of the ``group_by`` columns (one query)."""
+        for name in group_by:
+            if name not in PLAN_FILTER_COLUMNS:
+                raise ValueError(f"cannot group by {name!r}")
+        columns = [execution_plans.c[name] for name in group_by]
+        query = self._filtered(select(*columns, func.count()).group_by(*columns), filters)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {tuple(row[:-1]): int(row[-1]) for row in rows}
+
+    async def plan_labels(self, limit: int = 500) -> list[str]:
+        """The distinct labels of stored plans, in order (read from the label index)."""
+        column = execution_plans.c.label
+        query = select(column).where(column.is_not(None)).distinct().order_by(column).limit(limit)
+        async with self._read() as conn:
+            return [row[0] for row in (await conn.execute(query)).all()]
+
+    async def sub_plan_counts(self, plan_id: str) -> dict[int | None, int]:
+        """How many sub-plans each action of ``plan_id`` spawned (caller action id → count)."""
+        query = (
+            select(actions.c.caller_action_id, func.count())
+            .where(actions.c.caller_execution_plan_id == plan_id, actions.c.id == 1)
+            .group_by(actions.c.caller_action_id)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row[0]: int(row[1]) for row in rows}
 
     async def load_actions(self, plan_id: str, world: Any = None) -> list[Action]:
         async with self._read() as conn:
@@ -605,6 +715,28 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [
             {"id": r.id, "timestamp": r.timestamp, "kind": r.kind, "chunk": loads(r.chunk)}
+            for r in rows
+        ]
+
+    async def load_plan_output_chunks(
+        self, plan_id: str, after_id: int = 0
+    ) -> list[dict[str, Any]]:
+        """Every output chunk of a plan's actions with an id above ``after_id``, in order."""
+        query = (
+            select(output_chunks)
+            .where(output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.id > after_id)
+            .order_by(output_chunks.c.id)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "id": r.id,
+                "action_id": r.action_id,
+                "timestamp": r.timestamp,
+                "kind": r.kind,
+                "chunk": loads(r.chunk),
+            }
             for r in rows
         ]
 

@@ -1,0 +1,144 @@
+"""Coordinator locks of plans: singleton-action locks and execution inhibition (spec §1.9, §3.4).
+
+Locks are rows of ``dynflow_coordinator_records`` (primary key ``(id, class)``): taking one is
+an ``INSERT ... ON CONFLICT DO NOTHING`` guard, so two worlds sharing a database never both get
+it.
+
+* ``SingletonActionLock`` ``singleton-action:<class>``, owned by ``execution-plan:<uuid>``: taken
+  when a plan with a singleton action is first stored (``acquire_planning_locks``) or when its
+  run starts (``dynflow.singleton``); released when the plan pauses or stops (``end_stmts``).
+* ``ExecutionInhibitionLock`` ``execution-plan:<uuid>``, owned by the plan itself: taken by
+  ``world.halt``; an inhibited plan is never executed again; released when it stops.
+
+``clean_orphaned_locks`` (run at world start, after recovery) releases singleton locks whose
+plan is gone, paused or stopped, and inhibition locks whose plan is gone or stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .step import plain_error
+
+if TYPE_CHECKING:
+    from .execution_plan import ExecutionPlan, LockRequest
+    from .persistence.store import Store
+    from .persistence.writer import Stmt
+    from .world import World
+
+log = logging.getLogger("dynflow.locks")
+
+SINGLETON_LOCK = "SingletonActionLock"
+INHIBITION_LOCK = "ExecutionInhibitionLock"
+LOCK_ERROR = "Dynflow::Coordinator::LockError"
+# A lock whose plan is not stored (yet) is left alone this long: planning takes the locks just
+# before it stores the plan.
+ORPHAN_GRACE = 60.0
+
+
+def plan_owner(plan_id: str) -> str:
+    """The owner id of locks held by an execution plan (and the id of its inhibition lock)."""
+    return f"execution-plan:{plan_id}"
+
+
+def lock_data(plan_id: str) -> dict[str, Any]:
+    return {"execution_plan_id": plan_id, "acquired_at": time.time()}
+
+
+def has_singletons(plan: ExecutionPlan) -> bool:
+    return any(getattr(type(a), "singleton", False) for a in plan.actions.values())
+
+
+def _unique(requests: list[LockRequest]) -> list[LockRequest]:
+    seen: dict[tuple[str, str], LockRequest] = {}
+    for request in requests:
+        seen.setdefault((request.lock_class, request.lock_id), request)
+    return list(seen.values())
+
+
+async def acquire_planning_locks(world: World, plan: ExecutionPlan) -> bool:
+    """Take the locks planning asked for, all in one transaction.
+
+    If another plan holds one, planning fails: the requesting action's plan step gets the
+    error ("Action X is already active"), the plan is stored ``stopped`` and False is returned.
+    """
+    requests = _unique(plan.lock_requests)
+    if not requests:
+        return True
+    store = world.store
+    stmts = [store.acquire_lock_stmt(r.lock_class, r.lock_id, r.owner, r.data) for r in requests]
+    if await store.write(plan.id, stmts):
+        return True
+    conflict = requests[0]
+    for request in requests:
+        held = await store.find_records(cls=request.lock_class, record_id=request.lock_id)
+        if held and held[0]["owner_id"] != request.owner:
+            conflict = request
+            break
+    action = plan.actions.get(conflict.action_id)
+    step = plan.steps.get(action.plan_step_id) if action is not None else None
+    if step is None:
+        step = plan.steps[plan.root_plan_step_id or 1]
+    step.state = "error"
+    step.error = plain_error(conflict.message, LOCK_ERROR)
+    plan.set_state("stopped", world_id=world.id)
+    release = [store.release_lock_stmt(r.lock_class, r.lock_id, r.owner) for r in requests]
+    await store.write(plan.id, [*release, *store.insert_plan_stmts(plan)])
+    log.info("planning of %s failed: %s", plan.id, conflict.message)
+    return False
+
+
+def end_stmts(store: Store, plan: ExecutionPlan, state: str, *, halted: bool = False) -> list[Stmt]:
+    """What a plan entering ``state`` releases: its singleton locks (paused, stopped) and, once
+    stopped after a halt, its inhibition lock."""
+    stmts: list[Stmt] = []
+    owner = plan_owner(plan.id)
+    if state in ("paused", "stopped") and has_singletons(plan):
+        stmts.append(store.release_locks_of_owner_stmt(SINGLETON_LOCK, owner))
+    if state == "stopped" and halted:
+        stmts.append(store.release_lock_stmt(INHIBITION_LOCK, owner, owner))
+    return stmts
+
+
+async def is_inhibited(store: Store, plan_id: str) -> bool:
+    owner = plan_owner(plan_id)
+    return bool(await store.find_records(cls=INHIBITION_LOCK, record_id=owner))
+
+
+async def clean_orphaned_locks(world: World) -> int:
+    """Release singleton and inhibition locks nobody needs any more; returns how many."""
+    store = world.store
+    records = [
+        *await store.find_records(cls=SINGLETON_LOCK),
+        *await store.find_records(cls=INHIBITION_LOCK),
+    ]
+    if not records:
+        return 0
+
+    def plan_of(record: dict[str, Any]) -> str:
+        data = record.get("data") or {}
+        plan_id = data.get("execution_plan_id")
+        if isinstance(plan_id, str):
+            return plan_id
+        return str(record["owner_id"]).removeprefix("execution-plan:")
+
+    statuses = await store.plan_statuses({"uuid": sorted({plan_of(r) for r in records})})
+    now = time.time()
+    stmts = []
+    for record in records:
+        status = statuses.get(plan_of(record))
+        if status is None:
+            acquired = (record.get("data") or {}).get("acquired_at")
+            if isinstance(acquired, int | float) and now - acquired < ORPHAN_GRACE:
+                continue
+        elif record["class"] == SINGLETON_LOCK and status["state"] not in ("paused", "stopped"):
+            continue
+        elif record["class"] == INHIBITION_LOCK and status["state"] != "stopped":
+            continue
+        log.warning("releasing orphaned %s %s", record["class"], record["id"])
+        stmts.append(store.release_lock_stmt(record["class"], record["id"], record["owner_id"]))
+    if stmts:
+        await store.write("orphaned-locks", stmts)
+    return len(stmts)
