@@ -52,6 +52,7 @@ bench: venv
 	$(PY) bench/engine.py
 	$(PY) bench/api.py
 	$(PY) bench/rex.py
+	$(PY) bench/console.py
 
 # Regenerate the pinned lock file from pyproject.toml (runtime deps + `test` extra).
 # pip-tools lives in its own throwaway venv so it never touches the project venv.

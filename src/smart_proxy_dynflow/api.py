@@ -26,11 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dynflow.errors import EventRejected, ExecutionRejected, PlanningError
+from dynflow import telemetry
+from dynflow.errors import EventRejected, ExecutionRejected, PlanningError, PlanNotFound
 from dynflow.states import PLAN_STATES
 from smart_proxy.redact import redact
 from smart_proxy.server import is_https
 
+from .console import Console, ConsoleAccess
 from .core import Core
 from .launcher import DuplicateTask, LaunchInputError
 from .openapi import openapi_document
@@ -277,6 +279,21 @@ class TaskApi:
         count = await self.core.world.cancel(task_id)
         return JSONResponse({"task_id": task_id, "canceled_steps_count": count})
 
+    async def halt(self, request: Request) -> Response:
+        """``POST /tasks/:id/halt``: stop the plan for good (Dynflow's halt, §1.9)."""
+        task_id = request.path_params["task_id"]
+        await self.body(request, required=False)
+        try:
+            state = await self.core.world.halt(task_id)
+        except PlanNotFound:
+            raise ApiError(404, f"task {task_id} not found") from None
+        return JSONResponse({"task_id": task_id, "state": state})
+
+    async def metrics(self, request: Request) -> Response:
+        """``GET /metrics``: the engine's metrics in the Prometheus text format."""
+        body, content_type = telemetry.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     async def event(self, request: Request) -> Response:
         """``POST /tasks/:id/update`` and ``/done``: an external event for ``step_id``."""
         task_id = request.path_params["task_id"]
@@ -342,6 +359,7 @@ class TaskApi:
         Also returns the ids of the runners still running for it.
         """
         data = plan.to_hash()
+        data.pop("progress", None)  # not part of the original's status (the console shows it)
         actions = []
         runner_ids: list[str] = []
         world = self.core.world
@@ -358,9 +376,7 @@ class TaskApi:
                         runner_ids.append(output["runner_id"])
             entry["output"] = output
             entry["input"] = redact(entry.get("input") or {})
-            for middleware in world.middleware_for(type(action)):
-                entry = middleware.present(action, entry)
-            actions.append(entry)
+            actions.append(world.present_action(plan, action.id, entry))
         data["actions"] = actions
         return data, runner_ids
 
@@ -385,6 +401,8 @@ class TaskApi:
             Route("/tasks/operations", wrap(self.operations), methods=["GET"]),
             Route("/tasks/{task_id}/status", wrap(self.task_status), methods=["GET"]),
             Route("/tasks/{task_id}/cancel", wrap(self.cancel), methods=["POST"]),
+            Route("/tasks/{task_id}/halt", wrap(self.halt), methods=["POST"]),
+            Route("/metrics", wrap(self.metrics), methods=["GET"]),
             Route("/tasks/{task_id}/update", wrap(self.event, token=True), methods=["POST"]),
             Route("/tasks/{task_id}/done", wrap(self.event, token=True), methods=["POST"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -407,9 +425,22 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    core: Core, *, authorize: Authorize | None = None, max_body_size: int = DEFAULT_MAX_BODY
+    core: Core,
+    *,
+    authorize: Authorize | None = None,
+    max_body_size: int = DEFAULT_MAX_BODY,
+    console: ConsoleAccess | None = None,
 ) -> Starlette:
+    """The task API, with the console at ``/console`` (``console``: who may open it; the
+    default needs a client certificate over HTTPS and refuses plain HTTP)."""
     api = TaskApi(core, authorize=authorize, max_body_size=max_body_size)
-    app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_exception})
+    pages = Console(
+        core.world, access=console or ConsoleAccess(), refresh_output=core.dispatcher.refresh_output
+    )
+    app = Starlette(
+        routes=[*api.routes(), *pages.routes()],
+        exception_handlers={HTTPException: _http_exception},
+    )
     app.state.task_api = api
+    app.state.console = pages
     return app

@@ -287,6 +287,37 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/tasks/{task_id}/halt": {
+                "post": {
+                    "summary": "Halt a task: stop it for good (executing steps finish first)",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "task_id": {"type": "string"},
+                                    "state": {"type": "string"},
+                                },
+                            }
+                        ),
+                        "404": _ERROR,
+                        **errors,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Engine metrics in the Prometheus text exposition format",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "403": _ERROR,
+                    },
+                }
+            },
             **{
                 f"/tasks/{{task_id}}/{kind}": {
                     "post": {

@@ -31,6 +31,7 @@ from smart_proxy.settings import SettingsError, read_settings_file
 from smart_proxy.validators import ConfigurationError
 
 from .api import create_app
+from .console import ConsoleAccess
 from .core import Core, CoreConfig
 from .plugin import load_plugins
 from .relay import Relay
@@ -70,6 +71,7 @@ class DynflowPlugin(Plugin):
     mount_path = "/dynflow"
     default_settings: ClassVar[dict[str, Any]] = {
         "console_auth": True,
+        "console_http": False,
         "execution_plan_cleaner_age": 1800,
         "core_url": "http://localhost:8008",
         "external_core": False,
@@ -82,6 +84,7 @@ class DynflowPlugin(Plugin):
     validations: ClassVar[list[Validation]] = [
         Validation("external_core", "boolean"),
         Validation("console_auth", "boolean"),
+        Validation("console_http", "boolean"),
         Validation("core_url", "url", when=lambda settings: bool(settings.get("external_core"))),
         Validation("database", database_setting),
         Validation("pool_size", positive_number, args="int"),
@@ -133,6 +136,7 @@ class DynflowPlugin(Plugin):
                 cafile=proxy.foreman_ca(),
                 certfile=cert[0] if cert else None,
                 keyfile=cert[1] if cert else None,
+                console=self.console_access(),
             )
             self._relay_operations = []
             self._refresher = asyncio.create_task(self._refresh_operations())
@@ -168,7 +172,18 @@ class DynflowPlugin(Plugin):
         if self.relay is not None:
             return self.relay.app()
         assert self.core is not None
-        return create_app(self.core, authorize=self.host.authorizer.authorize_any)
+        return create_app(
+            self.core, authorize=self.host.authorizer.authorize_any, console=self.console_access()
+        )
+
+    def console_access(self) -> ConsoleAccess:
+        """``/dynflow/console``: over HTTPS a client certificate when ``console_auth`` (as the
+        original: no trusted-hosts check); over HTTP only with ``console_http``."""
+        return ConsoleAccess(
+            console_auth=bool(self.settings["console_auth"]),
+            console_http=bool(self.settings["console_http"]),
+            settings_file="settings.d/dynflow.yml",
+        )
 
     def operations(self) -> list[str]:
         if self.core is not None:

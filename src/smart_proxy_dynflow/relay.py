@@ -11,6 +11,12 @@ the core accepts) and verifies the core against ``foreman_ssl_ca``/``ssl_ca_file
 Authorization happens here, before anything is forwarded: the proxy's ``authorize_any`` for
 every request, except ``/tasks/:id/update`` and ``/done`` carrying an ``Authorization`` header,
 whose token only the core can check. A core that cannot be reached gives 502 JSON.
+
+The console (``/dynflow/console*``) is checked with the proxy's console settings instead
+(``console_auth``, ``console_http``) and forwarded as a browser sent it: its own ``Accept``,
+``Content-Type``, ``Cookie``, ``Origin`` and ``Sec-Fetch-Site``, plus ``X-Forwarded-Prefix``
+(``/dynflow``, so the core's links and redirects point here), ``-Host`` and ``-Proto``; the
+core's ``Location``, ``Set-Cookie`` and security headers come back.
 """
 
 from __future__ import annotations
@@ -27,12 +33,29 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from smart_proxy.log import request_id
+from smart_proxy.server import is_https
 from smart_proxy.tls import client_context
+
+from .console import ConsoleAccess
+from .console.app import denied_page
 
 log = logging.getLogger("smart_proxy_dynflow.relay")
 
 Authorize = Callable[[Request], Awaitable[Response | None]]
 TOKEN_PATH = re.compile(r"/tasks/\S+/(update|done)")
+CONSOLE_PATH = re.compile(r"^/console(/|$)")
+CONSOLE_STATIC = "/console/static/"
+CONSOLE_REQUEST_HEADERS = ("accept", "content-type", "cookie", "origin", "sec-fetch-site")
+CONSOLE_RESPONSE_HEADERS = (
+    "location",
+    "cache-control",
+    "content-security-policy",
+    "x-frame-options",
+    "x-content-type-options",
+    "referrer-policy",
+    "etag",
+    "last-modified",
+)
 
 
 class Relay:
@@ -45,9 +68,11 @@ class Relay:
         certfile: str | None = None,
         keyfile: str | None = None,
         timeout: float = 60.0,
+        console: ConsoleAccess | None = None,
     ) -> None:
         self.core_url = core_url.rstrip("/")
         self.authorize = authorize
+        self.console = console or ConsoleAccess()
         verify: Any = True
         if self.core_url.startswith("https:"):
             verify = client_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
@@ -58,6 +83,8 @@ class Relay:
 
     async def forward(self, request: Request) -> Response:
         path = "/" + request.path_params.get("path", "")
+        if CONSOLE_PATH.match(path):
+            return await self.forward_console(request, path)
         token = TOKEN_PATH.search(path) and "authorization" in request.headers
         if not token:
             denied = await self.authorize(request)
@@ -93,6 +120,47 @@ class Relay:
             status_code=answer.status_code,
             media_type=answer.headers.get("content-type"),
         )
+
+    async def forward_console(self, request: Request, path: str) -> Response:
+        """A console page: the proxy's console settings decide, the core renders."""
+        if not path.startswith(CONSOLE_STATIC):
+            denied = self.console.denial(request)
+            if denied is not None:
+                log.warning("console access refused (%s %s): %s", request.method, path, denied)
+                return denied_page(request, denied)
+        sent = request.headers
+        headers = {name: sent[name] for name in CONSOLE_REQUEST_HEADERS if name in sent}
+        headers["X-Forwarded-Prefix"] = request.scope.get("root_path", "")
+        headers["X-Forwarded-Host"] = request.headers.get("host", "")
+        headers["X-Forwarded-Proto"] = "https" if is_https(request.scope) else "http"
+        if rid := request_id.get():
+            headers["X-Request-Id"] = rid
+        query = request.url.query
+        try:
+            answer = await self.client.request(
+                request.method,
+                self.core_url + path + (f"?{query}" if query else ""),
+                content=await request.body() if request.method == "POST" else None,
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            log.error("Dynflow core at %s unreachable: %s", self.core_url, exc)
+            return Response(
+                f"The Dynflow core at {self.core_url} is unreachable: {exc}",
+                status_code=502,
+                media_type="text/plain",
+            )
+        response = Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type"),
+        )
+        for name in CONSOLE_RESPONSE_HEADERS:
+            if name in answer.headers:
+                response.headers[name] = answer.headers[name]
+        for cookie in answer.headers.get_list("set-cookie"):
+            response.headers.append("set-cookie", cookie)
+        return response
 
     def app(self) -> Starlette:
         async def not_allowed(request: Request) -> Response:

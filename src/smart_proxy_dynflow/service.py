@@ -23,6 +23,7 @@ from smart_proxy.tls import TLSConfigError, certificate_serial, server_context
 
 from .api import create_app
 from .auth import SerialAuthorizer
+from .console import ConsoleAccess, serial_check
 from .core import Core, CoreConfig
 from .plugin import load_plugins
 from .settings import CoreSettings, SettingsError, load_settings
@@ -79,6 +80,21 @@ def build_authorizer(settings: CoreSettings) -> Any:
     return SerialAuthorizer(certificate_serial(path))
 
 
+def console_access(settings: CoreSettings) -> ConsoleAccess:
+    """The console: over HTTPS with ``console_auth`` only the proxy's certificate (as the task
+    API, and as the original's console); over HTTP only with ``console_http``."""
+    check = None
+    if settings.use_https and settings.console_auth:
+        authorizer = build_authorizer(settings)
+        check = serial_check(authorizer.expected_serial)
+    return ConsoleAccess(
+        console_auth=settings.console_auth,
+        console_http=settings.console_http,
+        check_certificate=check,
+        settings_file="the core's settings.yml",
+    )
+
+
 async def run(settings: CoreSettings, *, shutdown: asyncio.Event | None = None) -> None:
     """Run the service until ``shutdown`` is set (or SIGTERM/SIGINT arrives)."""
     ssl_context = None
@@ -94,7 +110,12 @@ async def run(settings: CoreSettings, *, shutdown: asyncio.Event | None = None) 
     core = Core(core_config(settings))
     plugins = load_plugins(core, settings.plugins)
     app = RequestLogMiddleware(
-        create_app(core, authorize=authorize, max_body_size=settings.max_body_size)
+        create_app(
+            core,
+            authorize=authorize,
+            max_body_size=settings.max_body_size,
+            console=console_access(settings),
+        )
     )
     loop = asyncio.get_running_loop()
     stop = shutdown or asyncio.Event()

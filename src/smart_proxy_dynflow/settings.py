@@ -104,6 +104,8 @@ class CoreSettings(BaseModel):
     ssl_disabled_ciphers: list[str] = Field(default_factory=list)
     tls_disabled_versions: list[str] = Field(default_factory=list)
     console_auth: bool = True
+    # The console (/console) over plain HTTP; off: only over HTTPS.
+    console_http: bool = False
     max_body_size: int = Field(16 * 1024 * 1024, gt=0)
     # process
     daemonize: bool = False

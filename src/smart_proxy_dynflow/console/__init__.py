@@ -1,0 +1,11 @@
+"""The Dynflow console: HTML pages to watch and steer plans (``/console``, spec §6).
+
+:class:`Console` builds the pages of one world; its routes are part of the task API's
+application (:func:`smart_proxy_dynflow.api.create_app`). :class:`ConsoleAccess` holds the
+``console_auth`` / ``console_http`` settings. The console uses only the world's public methods.
+"""
+
+from .app import Console
+from .security import ConsoleAccess, serial_check
+
+__all__ = ["Console", "ConsoleAccess", "serial_check"]
