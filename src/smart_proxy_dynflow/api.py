@@ -358,8 +358,7 @@ class TaskApi:
 
         Also returns the ids of the runners still running for it.
         """
-        data = plan.to_hash()
-        data.pop("progress", None)  # not part of the original's status (the console shows it)
+        data = plan.to_hash()  # with "progress" (0..1), which the original's hash lacks
         actions = []
         runner_ids: list[str] = []
         world = self.core.world

@@ -139,6 +139,10 @@ _SCHEMAS: dict[str, Any] = {
             "execution_time": {"type": ["number", "null"]},
             "real_time": {"type": ["number", "null"]},
             "execution_history": {"type": "array", "items": {"type": "object"}},
+            "progress": {
+                "type": ["number", "null"],
+                "description": "Weighted progress of the plan's run and finalize steps, 0..1",
+            },
             "actions": {"type": "array", "items": _ref("Action")},
         },
     },

@@ -320,6 +320,7 @@ async def test_live_output_while_running_and_status_triggers_refresh(tmp_path, f
 
         await wait_for(lambda: shows("first"), timeout=10)
         await wait_for(lambda: shows("second"), timeout=10)
+        assert 0 < (await status(svc, task_id))["progress"] < 1  # the plan's progress, 0..1
         await svc.client.post(f"/tasks/{task_id}/cancel")
         await wait_plan_state(svc.world, task_id)
 

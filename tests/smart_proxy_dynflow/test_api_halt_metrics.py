@@ -118,8 +118,8 @@ async def test_present_middleware_hides_data_in_the_status(
         status = (await svc.client.get(f"/tasks/{triggered.id}/status")).json()
         assert status["actions"][0]["input"] == {"password": "[hidden]", "user": "admin"}
         assert status["actions"][0]["output"] == {"ok": True}
-        # the original's status hash has no progress (the plan hash and the console have it)
-        assert "progress" not in status
+        # the plan's progress (0..1) is in the status, as in the plan hash
+        assert status["progress"] == 1.0
         plan = await svc.world.load_plan(triggered.id)
         assert plan.to_hash()["progress"] == 1.0
         assert plan.actions[1].input == {"password": "s3cret", "user": "admin"}  # stored as is
