@@ -427,7 +427,7 @@ async def _plan_claimed(
         plan.set_state("stopped", world_id=world.id)
         end = locks.end_stmts(store, plan, "stopped", halted=True)
     elif plan.state == "planned":
-        taken = await _take_planning_locks(world, plan)
+        taken = await locks.take_planning_locks(world, plan) or []
     if plan.state == "planned":
         plan.set_state("running", world_id=world.id)
         stmts = [
@@ -459,35 +459,6 @@ async def _plan_claimed(
     if await store.write(plan_id, stmts):
         await world.run_hooks(plan, "stopped")
     return None
-
-
-async def _take_planning_locks(world: World, plan: ExecutionPlan) -> list[Stmt]:
-    """Take the coordinator locks planning asked for (singleton actions), in one transaction;
-    returns the statements that release them. If another plan holds one, the asking action's
-    plan step fails ("Action X is already active") and the plan is ``stopped`` (not stored
-    yet: the caller stores it)."""
-    requests = list({(r.lock_class, r.lock_id): r for r in plan.lock_requests}.values())
-    if not requests:
-        return []
-    store = world.store
-    stmts = [store.acquire_lock_stmt(r.lock_class, r.lock_id, r.owner, r.data) for r in requests]
-    if await store.write(plan.id, stmts):
-        return [store.release_lock_stmt(r.lock_class, r.lock_id, r.owner) for r in requests]
-    conflict = requests[0]
-    for request in requests:
-        held = await store.find_records(cls=request.lock_class, record_id=request.lock_id)
-        if held and held[0]["owner_id"] != request.owner:
-            conflict = request
-            break
-    action = plan.actions.get(conflict.action_id)
-    step = plan.steps.get(action.plan_step_id) if action is not None else None
-    if step is None:
-        step = plan.steps[plan.root_plan_step_id or 1]
-    step.state = "error"
-    step.error = plain_error(conflict.message, locks.LOCK_ERROR)
-    plan.set_state("stopped", world_id=world.id)
-    log.info("planning of delayed plan %s failed: %s", plan.id, conflict.message)
-    return []
 
 
 async def repair(world: World, plan_id: str, stale_owner: str | None) -> bool:

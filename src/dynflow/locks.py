@@ -58,19 +58,21 @@ def _unique(requests: list[LockRequest]) -> list[LockRequest]:
     return list(seen.values())
 
 
-async def acquire_planning_locks(world: World, plan: ExecutionPlan) -> bool:
-    """Take the locks planning asked for, all in one transaction.
+async def take_planning_locks(world: World, plan: ExecutionPlan) -> list[Stmt] | None:
+    """Take the locks planning asked for, all in one transaction; returns the statements that
+    release them.
 
-    If another plan holds one, planning fails: the requesting action's plan step gets the
-    error ("Action X is already active"), the plan is stored ``stopped`` and False is returned.
+    If another plan holds one, nothing is taken and None is returned: the requesting action's
+    plan step gets the error ("Action X is already active") and the plan is ``stopped`` in
+    memory (the caller stores it).
     """
     requests = _unique(plan.lock_requests)
     if not requests:
-        return True
+        return []
     store = world.store
     stmts = [store.acquire_lock_stmt(r.lock_class, r.lock_id, r.owner, r.data) for r in requests]
     if await store.write(plan.id, stmts):
-        return True
+        return [store.release_lock_stmt(r.lock_class, r.lock_id, r.owner) for r in requests]
     conflict = requests[0]
     for request in requests:
         held = await store.find_records(cls=request.lock_class, record_id=request.lock_id)
@@ -84,9 +86,16 @@ async def acquire_planning_locks(world: World, plan: ExecutionPlan) -> bool:
     step.state = "error"
     step.error = plain_error(conflict.message, LOCK_ERROR)
     plan.set_state("stopped", world_id=world.id)
-    release = [store.release_lock_stmt(r.lock_class, r.lock_id, r.owner) for r in requests]
-    await store.write(plan.id, [*release, *store.insert_plan_stmts(plan)])
     log.info("planning of %s failed: %s", plan.id, conflict.message)
+    return None
+
+
+async def acquire_planning_locks(world: World, plan: ExecutionPlan) -> bool:
+    """:func:`take_planning_locks` for a plan not stored yet: on a conflict the plan is stored
+    ``stopped`` and False is returned."""
+    if await take_planning_locks(world, plan) is not None:
+        return True
+    await world.store.write(plan.id, world.store.insert_plan_stmts(plan))
     return False
 
 

@@ -258,6 +258,12 @@ def rolling_age_seconds(age: str | int | None) -> int | None:
     return seconds
 
 
+def rolling_age_setting(age: Any) -> Any:
+    """``file_rolling_age`` checked (ValueError) and normalised (``Daily`` → ``daily``)."""
+    rolling_age_seconds(age)
+    return age.strip().lower() if isinstance(age, str) else age
+
+
 def next_rollover(opened: float, age: str | int | None) -> float | None:
     """When a log file opened at ``opened`` is due for rotation by age (local calendar)."""
     seconds = rolling_age_seconds(age)

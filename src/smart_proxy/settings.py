@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from smart_proxy.log import DEFAULT_FILE_PATTERN, LEVELS, rolling_age_seconds
+from smart_proxy.log import DEFAULT_FILE_PATTERN, LEVELS, rolling_age_setting
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ class ProxySettings(BaseModel):
     @field_validator("file_rolling_age", mode="before")
     @classmethod
     def _rolling_age(cls, value: Any) -> Any:
-        rolling_age_seconds(value)
-        return value.strip().lower() if isinstance(value, str) else value
+        return rolling_age_setting(value)
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, rolling_age_seconds
+from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, rolling_age_setting
 
 # The YAML helpers live in smart_proxy.settings (shared with the Smart Proxy host); they stay
 # importable from here under their old names.
@@ -169,8 +169,7 @@ class CoreSettings(BaseModel):
     @field_validator("file_rolling_age", mode="before")
     @classmethod
     def _rolling_age(cls, value: Any) -> Any:
-        rolling_age_seconds(value)
-        return value.strip().lower() if isinstance(value, str) else value
+        return rolling_age_setting(value)
 
     @field_validator("ssl_disabled_ciphers", "tls_disabled_versions", mode="before")
     @classmethod

@@ -312,23 +312,16 @@ class DelayedStore:
 
     async def dependencies(self, plan_id: str) -> list[str]:
         """The plans ``plan_id`` waits for (its prerequisites)."""
-        column = execution_plan_dependencies.c.blocked_by_uuid
-        query = (
-            select(column)
-            .where(execution_plan_dependencies.c.execution_plan_uuid == plan_id)
-            .order_by(column)
-        )
-        async with self.store._read() as conn:
-            return [r[0] for r in (await conn.execute(query)).all()]
+        deps = execution_plan_dependencies.c
+        return await self._related(deps.blocked_by_uuid, deps.execution_plan_uuid, plan_id)
 
     async def blocked_plans(self, plan_id: str) -> list[str]:
         """The plans that wait for ``plan_id``."""
-        column = execution_plan_dependencies.c.execution_plan_uuid
-        query = (
-            select(column)
-            .where(execution_plan_dependencies.c.blocked_by_uuid == plan_id)
-            .order_by(column)
-        )
+        deps = execution_plan_dependencies.c
+        return await self._related(deps.execution_plan_uuid, deps.blocked_by_uuid, plan_id)
+
+    async def _related(self, wanted: Any, known: Any, plan_id: str) -> list[str]:
+        query = select(wanted).where(known == plan_id).order_by(wanted)
         async with self.store._read() as conn:
             return [r[0] for r in (await conn.execute(query)).all()]
 
