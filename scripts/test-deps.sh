@@ -2,7 +2,7 @@
 # Make sure the system services the test suite needs are installed and running.
 # Idempotent and fast (no apt, no waiting) when everything is already in place.
 #
-# To add system packages later (chromium, mosquitto, ...), append them to
+# To add system packages later, append them to
 # APT_PACKAGES; start any service they provide in its own ensure_* function.
 #
 # openssh-server, sudo and acl serve the SSH remote-execution tests: they start their
@@ -130,6 +130,35 @@ ensure_sshd() {
     fi
 }
 
+# Pull-mode remote execution tests publish to the MQTT broker on 127.0.0.1:1883.
+MQTT_PORT=1883
+
+mqtt_listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null
+}
+
+ensure_mosquitto() {
+    if mqtt_listening; then
+        return 0
+    fi
+    ensure_apt_packages mosquitto
+    log "starting mosquitto on 127.0.0.1:$MQTT_PORT"
+    local conf
+    conf=$(mktemp /tmp/test-deps-mosquitto-XXXXXX.conf)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT_PORT" >"$conf"
+    $SUDO mosquitto -d -c "$conf"
+    local waited=0
+    until mqtt_listening; do
+        if ((waited >= 10)); then
+            log "ERROR: mosquitto is not listening on 127.0.0.1:$MQTT_PORT"
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
 ensure_apt_packages "${APT_PACKAGES[@]}"
 ensure_postgres
 ensure_sshd
+ensure_mosquitto
