@@ -35,5 +35,10 @@ class PlanNotFound(DynflowError):
     """No execution plan with that id."""
 
 
+class PlanUnreadable(DynflowError):
+    """The stored data of an execution plan cannot be read (e.g. edited by hand, or written by
+    an incompatible version); the rows are left as they are."""
+
+
 class ActionFailed(DynflowError):
     """Raised by ``Action.error()`` to fail the current step with a message."""

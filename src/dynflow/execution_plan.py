@@ -106,6 +106,8 @@ class ExecutionPlan:
         # Coordinator locks planning asked for (singleton actions); taken when the plan is
         # stored, atomically: one held by another plan fails the planning (spec §1.9).
         self.lock_requests: list[LockRequest] = []
+        # Why the stored plan could not be read, for a plan listed from its row alone.
+        self.unreadable: str | None = None
 
     @classmethod
     def new(cls, world: World | None, id: str | None = None) -> ExecutionPlan:

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import locks
-from .errors import DynflowError
+from .errors import DynflowError, PlanUnreadable
 from .executor import EXECUTION_LOCK
 from .step import RunStep, plain_error
 
@@ -72,8 +72,14 @@ async def invalidate_dead_worlds(world: World) -> int:
 
 async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None:
     store = world.store
-    plan = await store.load_plan(plan_id, world)
     release = store.release_lock_stmt(EXECUTION_LOCK, lock["id"], lock["owner_id"])
+    try:
+        plan = await store.load_plan(plan_id, world)
+    except PlanUnreadable as exc:
+        # Its rows stay as they are, for an admin to look at; it is not recovered again.
+        log.error("cannot recover plan %s of a dead world: %s", plan_id, exc)
+        await store.write(plan_id, [release])
+        return
     if plan is None:
         await store.write(plan_id, [release])
         return

@@ -27,7 +27,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dynflow import telemetry
-from dynflow.errors import EventRejected, ExecutionRejected, PlanningError, PlanNotFound
+from dynflow.errors import (
+    EventRejected,
+    ExecutionRejected,
+    PlanningError,
+    PlanNotFound,
+    PlanUnreadable,
+)
 from dynflow.states import PLAN_STATES
 from smart_proxy.redact import redact
 from smart_proxy.server import is_https
@@ -180,6 +186,8 @@ class TaskApi:
             return error(409, str(exc))
         except ExecutionRejected as exc:
             return error(503, f"the service cannot take tasks now: {exc}")
+        except PlanUnreadable as exc:
+            return error(409, str(exc))
 
     async def authorize_token(self, request: Request) -> Response | None:
         """``update``/``done``: a valid one-time password of this task, else the normal checks."""

@@ -146,11 +146,12 @@ async def core_service(
     ssl_context: ssl.SSLContext | None = None,
     client_kwargs: dict[str, Any] | None = None,
     max_body_size: int | None = None,
+    console: Any = None,
 ) -> AsyncIterator[CoreService]:
     core = Core(config)
     if register is not None:
         register(core)
-    options: dict[str, Any] = {"authorize": authorize}
+    options: dict[str, Any] = {"authorize": authorize, "console": console}
     if max_body_size is not None:
         options["max_body_size"] = max_body_size
     app = RequestLogMiddleware(create_app(core, **options))

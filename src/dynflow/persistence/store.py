@@ -34,6 +34,7 @@ from sqlalchemy.pool import StaticPool
 
 from .. import flow as flows
 from ..action import Action, resolve_class
+from ..errors import PlanUnreadable
 from ..execution_plan import ExecutionPlan
 from ..serialization import dumps, loads, parse_time
 from ..step import STEP_CLASSES, Step
@@ -222,6 +223,16 @@ def action_row(action: Action) -> dict[str, Any]:
         "finalize_step_id": action.finalize_step_id,
     }
 
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def _unreadable(plan_id: str, part: str, exc: BaseException) -> PlanUnreadable:
+    return PlanUnreadable(
+        f"execution plan {plan_id} cannot be read: {part} holds data this version cannot "
+        f"decode ({type(exc).__name__}: {exc})"
+    )
 
 class Store:
     """Persistence of plans, steps, actions, output chunks, planned events and locks."""
@@ -435,6 +446,31 @@ class Store:
 
     # ---- reading: plans --------------------------------------------------------------------------
     def _plan_from_row(self, row: Any, world: Any) -> ExecutionPlan:
+        try:
+            return self._decode_plan_row(row, world)
+        except _DECODE_ERRORS as exc:
+            raise _unreadable(row.uuid, "its plan row", exc) from exc
+
+    def _listed_plan(self, row: Any, world: Any) -> ExecutionPlan:
+        """A plan of a list: its row, or only the plain columns when the rest is unreadable."""
+        try:
+            return self._plan_from_row(row, world)
+        except PlanUnreadable as exc:
+            log.error("%s", exc)
+            plan = ExecutionPlan(
+                row.uuid,
+                world=world,
+                state=row.state,
+                label=row.label,
+                result=row.result,
+                started_at=parse_time(row.started_at),
+                ended_at=parse_time(row.ended_at),
+            )
+            plan.unreadable = str(exc)
+            return plan
+
+    @staticmethod
+    def _decode_plan_row(row: Any, world: Any) -> ExecutionPlan:
         return ExecutionPlan(
             row.uuid,
             world=world,
@@ -505,13 +541,19 @@ class Store:
                 for srow in await conn.execute(
                     select(steps).where(steps.c.execution_plan_uuid == plan_id)
                 ):
-                    step = self._step_from_row(srow._mapping)
+                    try:
+                        step = self._step_from_row(srow._mapping)
+                    except _DECODE_ERRORS as exc:
+                        raise _unreadable(plan_id, f"its step {srow.id}", exc) from exc
                     plan.steps[step.id] = step
             if with_actions:
                 for arow in await conn.execute(
                     select(actions).where(actions.c.execution_plan_uuid == plan_id)
                 ):
-                    action = self._action_from_row(arow._mapping, world)
+                    try:
+                        action = self._action_from_row(arow._mapping, world)
+                    except _DECODE_ERRORS as exc:
+                        raise _unreadable(plan_id, f"its action {arow.id}", exc) from exc
                     action.execution_plan = plan
                     plan.actions[action.id] = action
         if with_steps:
@@ -637,7 +679,7 @@ class Store:
             rows = (await conn.execute(query)).all()
             waiting = [r.uuid for r in rows if r.state in ("scheduled", "planning")]
             delayed = await self.delayed.info_of(conn, waiting)
-        plans = [self._plan_from_row(r, world) for r in rows]
+        plans = [self._listed_plan(r, world) for r in rows]
         for plan in plans:
             plan.delayed = delayed.get(plan.id)
         return plans

@@ -48,7 +48,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dynflow.action import CANCEL
-from dynflow.errors import DynflowError, EventRejected, PlanNotFound
+from dynflow.errors import DynflowError, EventRejected, PlanNotFound, PlanUnreadable
 from dynflow.states import PLAN_STATES, RESULTS
 from smart_proxy.server import is_https
 
@@ -228,6 +228,8 @@ class Console:
             except BadRequest as exc:
                 title = _TITLES.get(exc.status, "Error")
                 response = self.error(page, exc.status, title, exc.message, exc.link)
+            except PlanUnreadable as exc:
+                response = self.error(page, 409, "Plan cannot be read", f"{exc}.")
             except Exception:  # noqa: BLE001 - an error page, never a traceback
                 log.exception("console error on %s %s", request.method, request.url.path)
                 response = self.error(
@@ -357,14 +359,7 @@ class Console:
     # ---- one plan -------------------------------------------------------------------------------
     async def plan_view(self, plan_id: str, *, after: int | None = None) -> views.PlanView:
         world = self.world
-        try:
-            plan = await world.load_plan(plan_id)
-        except Exception as exc:  # noqa: BLE001 - a stored plan the engine cannot read
-            log.exception("console: plan %s cannot be loaded", plan_id)
-            raise BadRequest(
-                f"Plan {plan_id} is stored but cannot be loaded ({type(exc).__name__}: {exc}).",
-                500,
-            ) from None
+        plan = await world.load_plan(plan_id)  # PlanUnreadable: a 409 page
         if plan is None:
             raise BadRequest(unknown_plan(plan_id), 404)
         chunks = await world.plan_output_chunks(plan_id, after or 0)
