@@ -270,6 +270,7 @@ class Action:
         self._planned_self = False
         self._planned_events: list[PlannedEvent] = []
         self._chunks: list[dict[str, Any]] = []
+        self._drop_chunks = False
         self._progress: float | None = None
 
     # ---- plan phase -----------------------------------------------------------------------
@@ -402,6 +403,12 @@ class Action:
                 "timestamp": time.time() if timestamp is None else timestamp,
             }
         )
+
+    def drop_output_chunks(self) -> None:
+        """Forget this action's output chunks (stored ones and those not saved yet) when the
+        step is saved: e.g. once their content is aggregated into the output."""
+        self._chunks = []
+        self._drop_chunks = True
 
     def run_progress(self) -> float:
         return 0.5

@@ -396,6 +396,9 @@ class PlanRun:
         stmts = [*extra, self.store.update_step_stmt(step)]
         if isinstance(step, RunStep):
             stmts.append(self.store.update_action_stmt(action))
+        if action._drop_chunks:
+            action._drop_chunks = False
+            stmts.append(self.store.delete_chunks_stmt(self.plan.id, action.id))
         if chunks:
             stmts.extend(self.store.insert_chunk_stmts(self.plan.id, action.id, chunks))
         if end:

@@ -148,15 +148,17 @@ class RunnerAction(Action, abstract=True):
         await self.process_update(Update([record], exit_status="EXCEPTION"))
 
     async def process_update(self, update: Update) -> None:
-        if update.output:
-            self.output_chunk(update.output, kind="runner_update")
         if update.exit_status is None:
+            if update.output:
+                self.output_chunk(update.output, kind="runner_update")
             self.suspend()
+        # Finished: the whole output goes into ``result``; the chunks are not needed any more.
         assert self.world is not None
         chunks = await self.world.output_chunks(self.execution_plan_id, self.id)
         self.output["result"] = [r for c in chunks for r in (c["chunk"] or [])] + list(
             update.output
         )
+        self.drop_output_chunks()
         self.output["exit_status"] = update.exit_status
         self.output["exit_status_timestamp"] = update.exit_status_timestamp or time.time()
 
@@ -170,6 +172,12 @@ class RunnerAction(Action, abstract=True):
             self.fail("Script execution failed")
 
     # ---- presentation (status API) ------------------------------------------------------------
+    @classmethod
+    def has_live_output(cls, output: dict[str, Any]) -> bool:
+        """Whether the run started, so that ``result`` is assembled from the output chunks
+        while it runs (a runner was started; subclasses without a runner say otherwise)."""
+        return "runner_id" in output
+
     @classmethod
     def live_output(cls, output: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
         """The output as Foreman sees it while running: ``result`` assembled from the chunks."""

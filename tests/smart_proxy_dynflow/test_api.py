@@ -196,6 +196,8 @@ async def test_launch_single_runs_a_runner_and_calls_foreman_back(service_any_db
     }
     assert all(isinstance(r["timestamp"], float) for r in records)
     assert runner["output"]["exit_status"] == 3
+    # The whole output is in ``result`` now: the stored chunks are dropped (as the original).
+    assert await svc.world.output_chunks(body["task_id"], runner["id"]) == []
     await wait_for(lambda: _async(foreman.callbacks))
     assert foreman.callbacks[0]["callback"] == {
         "task_id": "c1d2e3f4-0000-4000-8000-000000000001",

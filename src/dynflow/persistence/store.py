@@ -782,11 +782,15 @@ class Store:
             for r in rows
         ]
 
-    async def delete_output_chunks(self, plan_id: str, action_id: int) -> None:
+    @staticmethod
+    def delete_chunks_stmt(plan_id: str, action_id: int) -> Stmt:
         stmt = delete(output_chunks).where(
             output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.action_id == action_id
         )
-        await self.write(plan_id, [Stmt(stmt, {})])
+        return Stmt(stmt, {})
+
+    async def delete_output_chunks(self, plan_id: str, action_id: int) -> None:
+        await self.write(plan_id, [self.delete_chunks_stmt(plan_id, action_id)])
 
     # ---- planned events --------------------------------------------------------------------------
     async def planned_events_of(self, plan_id: str) -> list[dict[str, Any]]:
