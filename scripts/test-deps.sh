@@ -16,6 +16,7 @@ APT_PACKAGES=(
     sudo
     acl
     chromium
+    mosquitto
 )
 
 PG_HOST=127.0.0.1

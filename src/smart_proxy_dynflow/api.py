@@ -376,7 +376,7 @@ class TaskApi:
             if isinstance(action, RunnerAction):
                 run_step = plan.steps.get(action.run_step_id)
                 state = run_step.state if run_step is not None else None
-                if state not in FINISHED_STATES and "runner_id" in output:
+                if state not in FINISHED_STATES and type(action).has_live_output(output):
                     chunks = await world.output_chunks(plan.id, action.id)
                     output = RunnerAction.live_output(output, chunks)
                     if state in ("running", "suspended") and output.get("runner_id"):

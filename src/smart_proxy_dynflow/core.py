@@ -74,6 +74,10 @@ class Core:
         self.otp = OtpManager()
         # State plugins keep for their actions (e.g. the SSH plugin's settings and host keys).
         self.extensions: dict[str, Any] = {}
+        # Background work of plugins (e.g. the SSH plugin's pull jobs and MQTT dispatcher):
+        # objects with ``async start()`` (after the world started, so recovery has run) and
+        # ``async stop()`` (after the world stopped), in order and in reverse order.
+        self.services: list[Any] = []
         self.foreman = ForemanClient(
             self.config.foreman_url,
             cafile=self.config.foreman_ssl_ca,
@@ -101,6 +105,11 @@ class Core:
         _cores[self.world.id] = self
         await self.world.start()
         self._started = True
+        for service in self.services:
+            try:
+                await service.start()
+            except Exception:  # noqa: BLE001 - a plugin's service must not stop the core
+                log.exception("service %r failed to start", service)
 
     async def stop(self) -> None:
         if not self._started:
@@ -108,6 +117,11 @@ class Core:
         self._started = False
         await self.dispatcher.stop()
         await self.world.stop()
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("service %r failed to stop", service)
         await self.foreman.aclose()
 
     async def __aenter__(self) -> Core:

@@ -3,7 +3,8 @@
 ``RunScript`` is registered under both wire names Foreman sends
 (``Proxy::RemoteExecution::Ssh::Actions::RunScript`` and the older
 ``ForemanRemoteExecutionCore::Actions::RunScript``) and plans one :class:`ScriptRunnerAction`
-with the same input. That runner action (the shared lifecycle of
+with the same input (in the pull modes a :class:`~.pull.PullScriptAction` instead). That
+runner action (the shared lifecycle of
 :class:`~smart_proxy_dynflow.runner_action.RunnerAction`: output chunks, cancel, Foreman's
 callback) runs the job with a :class:`ScriptRunner` over SSH, or with the simulation runner when
 ``REX_SIMULATE`` is set. After a restart of the service the same runner re-attaches to the job
@@ -20,8 +21,9 @@ from smart_proxy_dynflow.runner import Runner
 from smart_proxy_dynflow.runner_action import RunnerAction
 
 from .fake_runner import FakeRunner, simulate
+from .pull import EXTENSION, PullScriptAction, plugin_mode
+from .settings import PULL_MODES
 
-EXTENSION = "script"
 RUN_SCRIPT_NAMES = (
     "Proxy::RemoteExecution::Ssh::Actions::RunScript",
     "ForemanRemoteExecutionCore::Actions::RunScript",
@@ -62,9 +64,13 @@ class ScriptRunnerAction(RunnerAction):
 
 
 class RunScript(Action):
-    """The entry action Foreman names; plans the concrete runner action (§4.1)."""
+    """The entry action Foreman names; plans the concrete action for the plugin's ``mode``
+    (§4.1): :class:`ScriptRunnerAction` for ``ssh``, :class:`~.pull.PullScriptAction` for
+    ``pull`` and ``pull-mqtt``."""
 
     wire_names = RUN_SCRIPT_NAMES
 
     def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
-        self.plan_action(ScriptRunnerAction, {**(input or {}), **values})
+        pull = plugin_mode(self.world) in PULL_MODES
+        concrete = PullScriptAction if pull else ScriptRunnerAction
+        self.plan_action(concrete, {**(input or {}), **values})

@@ -1,12 +1,15 @@
 """The `script` plugin in both deployments, and its ``/ssh`` endpoints (§2, §8).
 
 * :data:`core_plugin` (entry point group ``smart_proxy_dynflow.plugins``): gives a dynflow core
-  the ``ssh`` operation (a batch launcher) and ``RunScript`` under both wire names. The
+  the ``ssh`` operation (a batch launcher), ``RunScript`` under both wire names and
+  ``PullScript``; its :class:`RexState` is a service of the core (in the pull modes: the job
+  index rebuilt at start, the MQTT dispatcher started and stopped with the core). The
   standalone core service loads it from its own ``settings.d/remote_execution_ssh.yml``; the
   Smart Proxy's in-process dynflow core loads it from the proxy's ``settings.d``.
 * :class:`ScriptPlugin` (entry point group ``smart_proxy.plugins``): the Smart Proxy module
   ``script``: validates the settings (a failure fails the module cleanly), advertises the
-  ``cockpit`` capability, and serves ``GET /ssh/pubkey`` and ``GET /ssh/ca_pubkey``.
+  ``cockpit`` capability, and serves ``GET /ssh/pubkey``, ``GET /ssh/ca_pubkey`` and the pull
+  endpoints ``/ssh/jobs...`` (:mod:`.pull_api`) on the in-process core's jobs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from smart_proxy.plugin import Plugin
@@ -28,6 +31,8 @@ from smart_proxy_dynflow.launcher import BatchLauncher
 
 from . import settings as rex_settings
 from .actions import EXTENSION, RunScript
+from .pull import PullScriptAction
+from .pull_api import PullApi
 
 log = logging.getLogger("smart_proxy_remote_execution_ssh")
 
@@ -38,16 +43,50 @@ except PackageNotFoundError:  # pragma: no cover
 
 
 class RexState:
-    """What the runner actions of one core need: settings and the shared host-key store."""
+    """What the actions of one core need: settings, the shared host-key store, and in pull
+    modes the job index and the MQTT dispatcher. A service of the core: :meth:`start` (after
+    the world started) rebuilds the job index and starts the dispatcher, :meth:`stop` stops
+    it."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        *,
+        world: Any = None,
+        tls_files: rex_settings.TlsFiles | None = None,
+    ) -> None:
+        from .jobs import JobIndex
         from .known_hosts import KnownHosts
+        from .mqtt import MqttConfig, MqttDispatcher
 
         self.settings = settings
+        self.world = world
         self.known_hosts = KnownHosts.from_settings(settings)
         self.max_starting_jobs = int(settings.get("max_starting_jobs") or 64)
         self._starts: asyncio.Semaphore | None = None
         self._starts_loop: asyncio.AbstractEventLoop | None = None
+        self.jobs = JobIndex()
+        self.mqtt: MqttDispatcher | None = None
+        if settings.get("mode") == "pull-mqtt":
+            config = MqttConfig.from_settings(settings, tls_files or rex_settings.TlsFiles())
+            self.mqtt = MqttDispatcher(config)
+
+    @property
+    def pull(self) -> bool:
+        return self.settings.get("mode") in rex_settings.PULL_MODES
+
+    async def start(self) -> None:
+        if self.world is not None and self.pull:
+            labels = (RunScript.name(), PullScriptAction.name())
+            added = await self.jobs.rebuild(self.world, labels, PullScriptAction)
+            if added:
+                log.info("%d pull job(s) are waiting for their hosts again", added)
+        if self.mqtt is not None:
+            self.mqtt.start()
+
+    async def stop(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.stop()
 
     def start_slots(self) -> asyncio.Semaphore:
         """Bounds the jobs that are connecting and launching at the same time.
@@ -83,12 +122,30 @@ def apply_ssh_log_level(level: str) -> None:
     logging.getLogger("asyncssh").setLevel(_SSH_LOG_LEVELS.get(level, logging.ERROR))
 
 
+def core_tls_files(core: Any) -> rex_settings.TlsFiles:
+    """The TLS files of a core (its Foreman client certificate and CA, already falling back
+    to the ``ssl_*`` files), presented to the MQTT broker."""
+    config = getattr(core, "config", None)
+    return rex_settings.TlsFiles(
+        getattr(config, "foreman_ssl_ca", None),
+        getattr(config, "foreman_ssl_cert", None),
+        getattr(config, "foreman_ssl_key", None),
+    )
+
+
 def register(core: Any, settings: dict[str, Any]) -> None:
-    """Give ``core`` the ``ssh`` operation and RunScript (raises on invalid settings)."""
-    values = rex_settings.check(settings)
+    """Give ``core`` the ``ssh`` operation, RunScript and PullScript (raises on invalid
+    settings); the plugin's state becomes a service of the core (it works in pull modes)."""
+    tls_files = core_tls_files(core)
+    values = rex_settings.check(settings, tls_files=tls_files)
     apply_ssh_log_level(values["ssh_log_level"])
-    core.extensions[EXTENSION] = RexState(values)
+    state = RexState(values, world=getattr(core, "world", None), tls_files=tls_files)
+    core.extensions[EXTENSION] = state
+    services = getattr(core, "services", None)
+    if services is not None:
+        services.append(state)
     core.actions.register(RunScript)
+    core.actions.register(PullScriptAction)
     core.launchers.register("ssh", BatchLauncher)
 
 
@@ -118,7 +175,48 @@ class ScriptPlugin(Plugin):
 
     async def start(self) -> None:
         # §2.2, with the proxy's log level at hand; a failure marks the module failed.
-        rex_settings.check(dict(self.settings), self.host.settings.log_level)
+        values = rex_settings.check(
+            dict(self.settings), self.host.settings.log_level, tls_files=self.tls_files()
+        )
+        if values["mode"] in rex_settings.PULL_MODES:
+            dynflow = self.host.plugin("dynflow")
+            if dynflow is not None and getattr(dynflow, "core", None) is None:
+                log.warning(
+                    "mode %s with an external dynflow core: hosts cannot fetch their jobs "
+                    "through this proxy (/ssh/jobs answers 501); run the dynflow plugin "
+                    "in-process for pull mode",
+                    values["mode"],
+                )
+
+    def tls_files(self) -> rex_settings.TlsFiles:
+        """The proxy's client certificate, key and CA (``foreman_ssl_*``, else ``ssl_*``)."""
+        proxy = self.host.settings
+        pair = proxy.foreman_client_cert()
+        return rex_settings.TlsFiles(proxy.foreman_ca(), *(pair or (None, None)))
+
+    def pull_state(self) -> Any:
+        """The in-process core's ``RexState`` the pull endpoints work on, or the answer
+        explaining why there is none."""
+        dynflow = self.host.plugin("dynflow")
+        core = getattr(dynflow, "core", None) if dynflow is not None else None
+        if core is None:
+            if dynflow is not None and getattr(dynflow, "relay", None) is not None:
+                return JSONResponse(
+                    {
+                        "error": "Pull-mode jobs live in the external smart-proxy-dynflow-core "
+                        "(external_core: true), which this proxy does not forward /ssh/jobs "
+                        "to; run the dynflow plugin in-process for pull mode"
+                    },
+                    status_code=501,
+                )
+            return JSONResponse({"error": "the dynflow plugin is not running"}, status_code=503)
+        state = core.extensions.get(EXTENSION)
+        if state is None:
+            return JSONResponse(
+                {"error": "the script plugin is not registered in the dynflow core (see /logs)"},
+                status_code=503,
+            )
+        return state
 
     def _file(self, key: str) -> Path | None:
         value = rex_settings.effective(self.settings).get(key)
@@ -146,5 +244,6 @@ class ScriptPlugin(Plugin):
             routes=[
                 Route("/pubkey", pubkey, methods=["GET"]),
                 Route("/ca_pubkey", ca_pubkey, methods=["GET"]),
+                *PullApi(self.pull_state).routes(),
             ]
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ that remembers host keys, default ``~/.ssh/known_hosts``), ``mqtt_broker``, ``mq
 ``mqtt_tls``, ``mqtt_rate_limit``."""
 
 MODES = ("ssh", "pull", "pull-mqtt")
-SUPPORTED_MODES = ("ssh",)
+PULL_MODES = ("pull", "pull-mqtt")
 SSH_LOG_LEVELS = ("debug", "info", "error", "fatal")
 # Python/Ruby proxy log levels mapped onto the ssh_log_level scale.
 _PROXY_LEVEL_POSITION = {
@@ -52,6 +53,21 @@ _PROXY_LEVEL_POSITION = {
     "critical": 3,
     "unknown": 3,
 }
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The proxy's TLS files, as the MQTT client presents them to the broker (§7.3):
+    ``foreman_ssl_ca``/``cert``/``key``, falling back to ``ssl_ca_file``/``ssl_certificate``/
+    ``ssl_private_key``."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.ca and self.cert and self.key)
 
 
 def effective(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,18 +84,22 @@ def effective(settings: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def check(settings: Mapping[str, Any], proxy_log_level: str | None = None) -> dict[str, Any]:
-    """Validate like §2.2; returns the effective settings."""
+def check(
+    settings: Mapping[str, Any],
+    proxy_log_level: str | None = None,
+    *,
+    tls_files: TlsFiles | None = None,
+) -> dict[str, Any]:
+    """Validate like §2.2; returns the effective settings.
+
+    ``tls_files`` are the proxy's (or the core's) TLS files: with ``mode: pull-mqtt`` and no
+    ``mqtt_tls`` setting, TLS is used towards the broker when all three are set.
+    """
     values = effective(settings)
     mode = str(values["mode"]).strip().lower()
     if mode not in MODES:
         raise ConfigurationError(
             f"Mode has to be one of {', '.join(MODES)}, given {values['mode']}"
-        )
-    if mode not in SUPPORTED_MODES:
-        raise ConfigurationError(
-            f"Mode '{mode}' (pull-based remote execution) is not supported by this smart proxy; "
-            "use mode 'ssh'"
         )
     values["mode"] = mode
     if mode == "ssh" or values.get("cockpit_integration"):
@@ -114,6 +134,19 @@ def check(settings: Mapping[str, Any], proxy_log_level: str | None = None) -> di
                     f"({proxy_log_level}); got {level}"
                 )
         values["ssh_log_level"] = level
+    if mode == "pull-mqtt":
+        _check_mqtt(values, tls_files or TlsFiles())
+    for key in ("mqtt_ttl", "mqtt_resend_interval"):
+        value = values.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigurationError(
+                f"Parameter '{key}' must be a positive number of seconds, got {value!r}"
+            )
+    limit = values.get("mqtt_rate_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigurationError(
+            f"Parameter 'mqtt_rate_limit' must be a positive integer (or unset), got {limit!r}"
+        )
     for key in ("ssh_ca_known_hosts_file",):
         path = values.get(key)
         if path and not Path(str(path)).is_file():
@@ -131,3 +164,34 @@ def check(settings: Mapping[str, Any], proxy_log_level: str | None = None) -> di
             f"Parameter 'runner_refresh_interval' must be a positive number, got {refresh!r}"
         )
     return values
+
+
+def _check_mqtt(values: dict[str, Any], tls_files: TlsFiles) -> None:
+    """``pull-mqtt`` needs the broker's address; ``mqtt_tls`` unset means "if the files are
+    there" (§2.2 step 3)."""
+    broker = values.get("mqtt_broker")
+    if not isinstance(broker, str) or not broker.strip():
+        raise ConfigurationError("Parameter 'mqtt_broker' is required when mode is pull-mqtt")
+    values["mqtt_broker"] = broker.strip()
+    port = values.get("mqtt_port")
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port.strip())
+    if port is None:
+        raise ConfigurationError("Parameter 'mqtt_port' is required when mode is pull-mqtt")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigurationError(
+            f"Parameter 'mqtt_port' must be a port number (1-65535), got {port!r}"
+        )
+    values["mqtt_port"] = port
+    tls = values.get("mqtt_tls")
+    if tls is None:
+        values["mqtt_tls"] = tls_files.complete
+        return
+    if not isinstance(tls, bool):
+        raise ConfigurationError(f"Parameter 'mqtt_tls' must be true or false, got {tls!r}")
+    if tls and not tls_files.complete:
+        raise ConfigurationError(
+            "mqtt_tls is true, but the proxy has no complete set of TLS files for the broker "
+            "(foreman_ssl_ca, foreman_ssl_cert, foreman_ssl_key, or ssl_ca_file, "
+            "ssl_certificate, ssl_private_key)"
+        )

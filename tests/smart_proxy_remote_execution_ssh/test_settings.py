@@ -36,7 +36,7 @@ def test_a_valid_key_passes(key: Path):
     ("overrides", "message"),
     [
         ({"mode": "telepathy"}, "Mode has to be one of ssh, pull, pull-mqtt, given telepathy"),
-        ({"mode": "pull-mqtt"}, "not supported"),
+        ({"mode": "pull-mqtt"}, "'mqtt_broker' is required when mode is pull-mqtt"),
         ({"ssh_log_level": "chatty"}, "Wrong value 'chatty' for ssh_log_level"),
         ({"ssh_user_ca_public_key_file": "/nonexistent/ca.pub"}, "doesn't exist"),
         ({"ssh_ca_known_hosts_file": "/nonexistent/known"}, "doesn't exist"),

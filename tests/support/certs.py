@@ -14,6 +14,8 @@ with their paths::
 * ``foreign_client_cert``/``foreign_client_key``: CN ``proxy.example.com`` but issued by an
   unrelated CA (``foreign_ca_cert``), so the TLS layer must reject it.
 
+``issue_client_certificate(pki, cn)`` adds a client certificate with any CN from the same CA.
+
 RSA keys (the fixed TLS 1.2 cipher list only has RSA suites) are generated once per process and
 reused, so building a PKI costs only a few milliseconds.
 """
@@ -257,4 +259,16 @@ def make_pki(tmp_path: Path | str, *, client_cn: str = "proxy.example.com") -> P
         foreign_client_cert=_write_cert(directory / "foreign-client.pem", foreign),
         foreign_client_key=_write_key(directory / "foreign-client-key.pem", foreign_key),
         foreign_client_serial=foreign_serial,
+    )
+
+
+def issue_client_certificate(pki: Pki, cn: str) -> tuple[str, str]:
+    """A client certificate with CN ``cn`` signed by ``pki``'s CA (e.g. a host in pull mode,
+    whose CN is its identity); returns the paths of the certificate and its key."""
+    directory = Path(pki.directory)
+    ca = _Ca(x509.load_pem_x509_certificate(Path(pki.ca_cert).read_bytes()), _key("ca"))
+    cert, key = _issue(ca, cn, "host-client", serial=next(_SERIALS), server=False)
+    return (
+        _write_cert(directory / f"client-{cn}.pem", cert),
+        _write_key(directory / f"client-{cn}-key.pem", key),
     )
