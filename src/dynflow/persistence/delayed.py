@@ -23,6 +23,7 @@ from .schema import (
     delayed_plans,
     execution_plan_dependencies,
     execution_plans,
+    plan_state_params,
     steps,
 )
 from .writer import Stmt
@@ -53,31 +54,17 @@ GUARDED_PLAN_STATE = (
         execution_plans.c.uuid == bindparam("b_uuid"),
         execution_plans.c.state == bindparam("b_from"),
     )
-    .values(
-        state=bindparam("state"),
-        result=bindparam("result"),
-        started_at=bindparam("started_at"),
-        ended_at=bindparam("ended_at"),
-        real_time=bindparam("real_time"),
-        execution_time=bindparam("execution_time"),
-        execution_history=bindparam("execution_history"),
-    )
+    .values(**plan_state_params())
 )
 # The whole plan row, once a delayed plan has been planned.
 UPDATE_PLAN_FULL = (
     update(execution_plans)
     .where(execution_plans.c.uuid == bindparam("b_uuid"))
     .values(
-        state=bindparam("state"),
-        result=bindparam("result"),
-        started_at=bindparam("started_at"),
-        ended_at=bindparam("ended_at"),
-        real_time=bindparam("real_time"),
-        execution_time=bindparam("execution_time"),
+        **plan_state_params(),
         label=bindparam("label"),
         run_flow=bindparam("run_flow"),
         finalize_flow=bindparam("finalize_flow"),
-        execution_history=bindparam("execution_history"),
         step_ids=bindparam("step_ids"),
         root_plan_step_id=bindparam("root_plan_step_id"),
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
+    BindParameter,
     Boolean,
     Column,
     DateTime,
@@ -14,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
 )
 
 metadata = MetaData()
@@ -146,3 +150,9 @@ execution_plan_dependencies = Table(
     ),
     ForeignKeyConstraint(["blocked_by_uuid"], ["dynflow_execution_plans.uuid"], ondelete="CASCADE"),
 )
+
+
+def plan_state_params() -> dict[str, BindParameter[Any]]:
+    """The bind parameters of a plan's state columns, shared by the statements that move it."""
+    columns = ("state", "result", "started_at", "ended_at", "real_time", "execution_time")
+    return {name: bindparam(name) for name in (*columns, "execution_history")}

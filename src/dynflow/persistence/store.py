@@ -44,6 +44,7 @@ from .schema import (
     coordinator_records,
     execution_plans,
     output_chunks,
+    plan_state_params,
     planned_events,
     steps,
 )
@@ -76,15 +77,7 @@ INSERT_EVENT = insert(planned_events)
 UPDATE_PLAN = (
     update(execution_plans)
     .where(execution_plans.c.uuid == bindparam("b_uuid"))
-    .values(
-        state=bindparam("state"),
-        result=bindparam("result"),
-        started_at=bindparam("started_at"),
-        ended_at=bindparam("ended_at"),
-        real_time=bindparam("real_time"),
-        execution_time=bindparam("execution_time"),
-        execution_history=bindparam("execution_history"),
-    )
+    .values(**plan_state_params())
 )
 _STEP_VALUES = dict(
     state=bindparam("state"),
