@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from smart_proxy.redact import redact, redact_text
+from smart_proxy.server import raw_connection_taken
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 remote_ip: contextvars.ContextVar[str | None] = contextvars.ContextVar("remote_ip", default=None)
@@ -669,12 +670,10 @@ class RequestLogMiddleware:
                 await send({"type": "http.response.body", "body": body.encode()})
         finally:
             elapsed = (time.perf_counter() - started) * 1000
-            logger.info(
-                "Finished %s %s with %s (%.2f ms)",
-                method,
-                path,
-                status if status is not None else "no response",
-                elapsed,
-            )
+            if status is not None:
+                outcome: int | str = status
+            else:
+                outcome = "a raw connection" if raw_connection_taken(scope) else "no response"
+            logger.info("Finished %s %s with %s (%.2f ms)", method, path, outcome, elapsed)
             request_id.reset(rid_token)
             remote_ip.reset(ip_token)

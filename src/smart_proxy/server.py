@@ -16,6 +16,18 @@ scope of that connection then carries it::
 A plain-HTTP connection has no ``tls`` extension. Use :func:`client_certificate` and
 :func:`is_https`; both look only at the connection, never at request headers.
 
+**Raw takeover.** An upgrade request (``Connection: upgrade`` and an ``Upgrade`` header; the
+listeners serve no WebSockets) also gets ``scope["extensions"][RAW_EXTENSION]``, a
+:class:`RawTakeover` (see :func:`raw_takeover`). Once the handler has read the request body it
+may call ``take()``: the connection leaves uvicorn's HTTP protocol and the handler gets an asyncio
+``(StreamReader, StreamWriter)`` over the raw bytes (those the client sent after the body come
+first). uvicorn then writes nothing more on it; the connection stays in uvicorn's bookkeeping,
+so a graceful shutdown closes it (the reader sees its end at once) instead of waiting for it. An
+upgrade request answered normally gets ``Connection: close``, and with httptools its body now
+reaches the app (llhttp stops at the head of an upgrade request). This relies on the internals
+of uvicorn's ``HttpToolsProtocol`` and ``H11Protocol`` as of uvicorn 0.54.0
+(``requirements.lock``); requests that are not upgrades are served exactly as by uvicorn.
+
 :func:`serve` runs one uvicorn server per :class:`Listener` in the running event loop. uvicorn's
 signal handlers, logging configuration, access log and proxy-header rewriting are all off: the
 caller owns signals and logging, and our middleware logs requests.
@@ -29,12 +41,19 @@ import inspect
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import h11
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - httptools is a dependency
+    httptools = None
 
 from smart_proxy.tls import ClientCertificate, peer_certificate
 
@@ -48,6 +67,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HttpImplementation = Literal["auto", "httptools", "h11"]
 
 TLS_EXTENSION = "tls"
+RAW_EXTENSION = "smart_proxy.raw_connection"
+UVICORN_VERSION = "0.54.0"
+"""The uvicorn whose protocol internals the raw takeover was written and tested for."""
+RAW_SHUTDOWN_GRACE = 1.0
+"""Seconds a taken-over connection may take to close (TLS close_notify) when the server shuts
+down; then it is aborted."""
 _TLS_VERSION_CODES = {
     "TLSv1": 0x0301,
     "TLSv1.1": 0x0302,
@@ -114,6 +139,20 @@ def client_certificate(scope: Scope) -> ClientCertificate | None:
 def is_https(scope: Scope) -> bool:
     """True when the request arrived over TLS (decided by the connection, not by headers)."""
     return connection_tls(scope) is not None
+
+
+def raw_takeover(scope: Scope) -> RawTakeover | None:
+    """The raw takeover of the request's connection: only for upgrade requests served by
+    :func:`serve` (None otherwise, e.g. in-process tests)."""
+    extensions = scope.get("extensions") or {}
+    takeover = extensions.get(RAW_EXTENSION)
+    return takeover if isinstance(takeover, RawTakeover) else None
+
+
+def raw_connection_taken(scope: Scope) -> bool:
+    """True once the request's handler took the connection over."""
+    takeover = raw_takeover(scope)
+    return takeover is not None and takeover.taken
 
 
 def tls_details(
@@ -215,20 +254,307 @@ _PROTOCOLS: dict[type[asyncio.Protocol], type[asyncio.Protocol]] = {}
 
 
 def tls_aware_protocol(http: HttpImplementation = "auto") -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class (as uvicorn would pick it) passing TLS details on."""
+    """uvicorn's HTTP protocol class (as uvicorn would pick it) passing TLS details on and
+    offering the raw takeover of upgrade requests."""
     base = _base_protocol(http)
     protocol = _PROTOCOLS.get(base)
     if protocol is None:
-
-        def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
-            base.connection_made(self, transport)  # type: ignore[arg-type]
-            tls = _transport_tls(transport)
-            if tls is not None:
-                self.app = _WithTLS(self.app, tls)
-
-        protocol = type(f"TLSAware{base.__name__}", (base,), {"connection_made": connection_made})
+        if uvicorn.__version__ != UVICORN_VERSION:
+            logger.warning(
+                "uvicorn %s is installed; the raw takeover of upgrade requests relies on the "
+                "internals of uvicorn %s",
+                uvicorn.__version__,
+                UVICORN_VERSION,
+            )
+        mixin = _HttpToolsRaw if base.__name__ == "HttpToolsProtocol" else _H11Raw
+        protocol = type(f"TLSAware{base.__name__}", (mixin, base), {})
         _PROTOCOLS[base] = protocol
     return protocol
+
+
+# ---- raw takeover -------------------------------------------------------------------------------
+
+
+def _upgrade_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The ``Upgrade`` value of a request whose ``Connection`` lists ``upgrade``, else None
+    (decided as uvicorn does)."""
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    for name, value in headers:
+        name = name.lower()
+        if name == b"connection":
+            connection = [token.strip().lower() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+    return upgrade if b"upgrade" in connection else None
+
+
+class RawTakeover:
+    """The raw takeover of an upgrade request's connection (see the module docstring).
+
+    :meth:`take` may be called once, after the request body has been read in full and before
+    any response was started. A request that is not taken over is answered normally, with
+    ``Connection: close`` (the client may already have sent bytes of another protocol).
+    """
+
+    def __init__(self, protocol: _RawUpgradeMixin, scope: Scope) -> None:
+        self._protocol = protocol
+        self._scope = scope
+        self.taken = False
+
+    def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Detach the connection from the HTTP server; returns its reader and writer.
+
+        Raises ConnectionError when the client has already gone, RuntimeError when called
+        too early (body not read) or too late (response started, already taken).
+        """
+        if self.taken:
+            raise RuntimeError("the connection was already taken over")
+        streams = self._protocol._take_raw(self._scope)
+        self.taken = True
+        return streams
+
+    def _closing_send(self, send: Send) -> Send:
+        async def closing_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and not self.taken:
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers") or []
+                    if name.lower() != b"connection"
+                ]
+                headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return closing_send
+
+
+class _RawProtocol(asyncio.StreamReaderProtocol):
+    """The protocol of a taken-over connection: feeds a StreamReader and stands in for the HTTP
+    protocol in uvicorn's ``server_state.connections``, whose graceful shutdown calls
+    :meth:`shutdown`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        connections: set[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(reader, loop=loop)
+        self._raw_reader = reader
+        self._raw_loop = loop
+        self._connections = connections
+        self._raw_transport: asyncio.Transport | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self._raw_transport = transport
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._raw_transport = None
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """The server stops: close the connection (the reader sees its end at once) and abort
+        it if it is not closed within :data:`RAW_SHUTDOWN_GRACE` seconds."""
+        transport = self._raw_transport
+        if transport is None:
+            return
+        transport.close()
+        self._raw_reader.feed_eof()
+        if self._abort_handle is None:
+            self._abort_handle = self._raw_loop.call_later(RAW_SHUTDOWN_GRACE, transport.abort)
+
+
+class _RawOffer:
+    """ASGI wrapper of one connection: puts a :class:`RawTakeover` into the scope of each
+    upgrade request."""
+
+    def __init__(self, app: ASGIApp, protocol: _RawUpgradeMixin) -> None:
+        self.app = app
+        self.protocol = protocol
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.protocol._raw_upgrade(scope.get("headers") or []):
+            takeover = RawTakeover(self.protocol, scope)
+            extensions = scope.get("extensions")
+            if extensions is None:
+                extensions = scope["extensions"] = {}
+            extensions[RAW_EXTENSION] = takeover
+            send = takeover._closing_send(send)
+        await self.app(scope, receive, send)
+
+
+class _RawUpgradeMixin:
+    """What our protocols add to uvicorn's (0.54.0): TLS details and the raw takeover.
+
+    Uses these attributes of uvicorn's protocols: ``app``, ``cycle`` (``scope``, ``body``,
+    ``more_body``, ``response_started``, ``disconnected``, ``message_event``), ``flow``,
+    ``connections``, ``transport``, ``loop``, ``ws_protocol_class``, ``shutdown`` and
+    ``_unset_keepalive_if_required``; each subclass also relies on its parser's state.
+    """
+
+    _raw_shutdown = False
+    app: ASGIApp
+    cycle: Any
+    flow: Any
+    connections: set[Any]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    ws_protocol_class: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        app = self.app
+        tls = _transport_tls(transport)
+        if tls is not None:
+            app = _WithTLS(app, tls)
+        self.app = _RawOffer(app, self)
+
+    def shutdown(self) -> None:
+        self._raw_shutdown = True
+        super().shutdown()  # type: ignore[misc]
+
+    def _raw_upgrade(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Is a request with these headers an upgrade left to the app?"""
+        upgrade = _upgrade_token(headers)
+        if upgrade is None:
+            return False
+        return not (upgrade == b"websocket" and self.ws_protocol_class is not None)
+
+    def _raw_leftover(self) -> bytes:
+        """The bytes received after the current request's body; RuntimeError when the parser
+        has not stopped at the end of an upgrade request."""
+        raise NotImplementedError
+
+    def _take_raw(self, scope: Scope) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope:
+            raise RuntimeError("only the current request of a connection can take it over")
+        if cycle.response_started:
+            raise RuntimeError("a response was already started")
+        if cycle.disconnected or self.transport.is_closing():
+            raise ConnectionError("the client closed the connection")
+        if cycle.more_body or cycle.body:
+            raise RuntimeError("read the whole request body before taking the connection over")
+        leftover = self._raw_leftover()
+        # uvicorn is done with the request: send() becomes a no-op, receive() http.disconnect,
+        # and nothing is written when the app returns without a response.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        self.connections.discard(self)
+        transport = self.transport
+        reader = asyncio.StreamReader(loop=self.loop)
+        raw = _RawProtocol(reader, self.connections, self.loop)
+        transport.set_protocol(raw)
+        raw.connection_made(transport)
+        if self.flow.write_paused:
+            raw.pause_writing()
+        if leftover:
+            reader.feed_data(leftover)
+        if self.flow.read_paused:
+            transport.resume_reading()
+        if self._raw_shutdown:
+            raw.shutdown()
+        return reader, asyncio.StreamWriter(transport, raw, reader, self.loop)
+
+
+class _H11Raw(_RawUpgradeMixin):
+    """h11 reads an upgrade request's body and then pauses, keeping what follows."""
+
+    conn: h11.Connection
+
+    def _raw_leftover(self) -> bytes:
+        if self.conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            raise RuntimeError("the request has not been received in full")
+        return bytes(self.conn.trailing_data[0])
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # Upgrades other than WebSocket go to the app, which may take the connection over.
+        if self._get_upgrade() == b"websocket":  # type: ignore[attr-defined]
+            super()._unsupported_upgrade_warning()  # type: ignore[misc]
+
+
+class _HttpToolsRaw(_RawUpgradeMixin):
+    """llhttp ends an upgrade request at its head (the body is not parsed) and uvicorn then
+    drops what follows. For an upgrade left to the app, this delivers the body
+    (``Content-Length``; a chunked one is refused with a 400) to the app as usual and keeps the
+    bytes after it for the takeover, reading paused."""
+
+    _raw_pending: bytearray | None = None
+    _raw_body_left = 0
+    parser: Any
+    headers: list[tuple[bytes, bytes]]
+    logger: logging.Logger
+
+    def data_received(self, data: bytes) -> None:
+        # HttpToolsProtocol.data_received of uvicorn 0.54.0, with _raw_begin for upgrades.
+        if self._raw_pending is not None:
+            self._raw_data(data)
+            return
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)  # type: ignore[attr-defined]
+            return
+        except httptools.HttpParserUpgrade as exc:
+            if self._raw_upgrade(self.headers):
+                self._raw_begin(data[exc.args[0] :])
+            elif self._should_upgrade():  # type: ignore[attr-defined]
+                self.handle_websocket_upgrade()  # type: ignore[attr-defined]
+            else:
+                self._unsupported_upgrade_warning()  # type: ignore[attr-defined]
+
+    def _raw_begin(self, rest: bytes) -> None:
+        self._raw_pending = bytearray()
+        length = 0
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = int(value)  # checked by llhttp
+            elif name == b"transfer-encoding":  # not parsed by llhttp either: refused
+                msg = "Upgrade requests with a chunked body are not supported."
+                self.logger.warning(msg)
+                self.cycle.disconnected = True  # the app's answer must not follow this one
+                self.cycle.message_event.set()
+                self.send_400_response(msg)  # type: ignore[attr-defined]
+                return
+        if length and not self.cycle.response_complete:
+            self._raw_body_left = length
+            self.cycle.more_body = True  # llhttp said the message was complete
+        self._raw_data(rest)
+
+    def _raw_data(self, data: bytes) -> None:
+        assert self._raw_pending is not None
+        if self._raw_body_left:
+            body, data = data[: self._raw_body_left], data[self._raw_body_left :]
+            self._raw_body_left -= len(body)
+            cycle = self.cycle
+            if not cycle.response_complete:
+                cycle.body += body
+                if not self._raw_body_left:
+                    cycle.more_body = False
+                cycle.message_event.set()
+                if len(cycle.body) > HIGH_WATER_LIMIT:
+                    self.flow.pause_reading()
+        if data:
+            self._raw_pending += data
+            self.flow.pause_reading()
+
+    def _raw_leftover(self) -> bytes:
+        if self._raw_pending is None or self._raw_body_left:
+            raise RuntimeError("the request has not been received in full")
+        return bytes(self._raw_pending)
 
 
 # ---- server -------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@
   Smart Proxy's in-process dynflow core loads it from the proxy's ``settings.d``.
 * :class:`ScriptPlugin` (entry point group ``smart_proxy.plugins``): the Smart Proxy module
   ``script``: validates the settings (a failure fails the module cleanly), advertises the
-  ``cockpit`` capability, and serves ``GET /ssh/pubkey``, ``GET /ssh/ca_pubkey`` and the pull
-  endpoints ``/ssh/jobs...`` (:mod:`.pull_api`) on the in-process core's jobs.
+  ``cockpit`` capability, and serves ``GET /ssh/pubkey``, ``GET /ssh/ca_pubkey``, the pull
+  endpoints ``/ssh/jobs...`` (:mod:`.pull_api`) on the in-process core's jobs and, with
+  ``cockpit_integration``, the web-console session ``POST /ssh/session`` (:mod:`.cockpit`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +34,9 @@ from . import settings as rex_settings
 from .actions import EXTENSION, RunScript
 from .pull import PullScriptAction
 from .pull_api import PullApi
+
+if TYPE_CHECKING:
+    from .known_hosts import KnownHosts
 
 log = logging.getLogger("smart_proxy_remote_execution_ssh")
 
@@ -172,12 +176,16 @@ class ScriptPlugin(Plugin):
     default_settings: ClassVar[dict[str, Any]] = dict(rex_settings.DEFAULTS)
     requires: ClassVar[dict[str, str]] = {"dynflow": ">= 0.1"}
     capabilities: ClassVar[list[Any]] = [_cockpit]
+    _values: dict[str, Any] | None = None
+    _known_hosts: KnownHosts | None = None
 
     async def start(self) -> None:
         # §2.2, with the proxy's log level at hand; a failure marks the module failed.
         values = rex_settings.check(
             dict(self.settings), self.host.settings.log_level, tls_files=self.tls_files()
         )
+        self._values = values
+        apply_ssh_log_level(values["ssh_log_level"])  # also for the sessions of this process
         if values["mode"] in rex_settings.PULL_MODES:
             dynflow = self.host.plugin("dynflow")
             if dynflow is not None and getattr(dynflow, "core", None) is None:
@@ -218,6 +226,23 @@ class ScriptPlugin(Plugin):
             )
         return state
 
+    def ssh_settings(self) -> dict[str, Any]:
+        """The checked settings (defaults filled in, key paths expanded)."""
+        return self._values if self._values is not None else rex_settings.effective(self.settings)
+
+    def known_hosts(self) -> KnownHosts:
+        """The host keys of the in-process core (shared with its jobs), else the plugin's own."""
+        dynflow = self.host.plugin("dynflow")
+        core = getattr(dynflow, "core", None) if dynflow is not None else None
+        state = core.extensions.get(EXTENSION) if core is not None else None
+        if state is not None:
+            return state.known_hosts
+        if self._known_hosts is None:
+            from .known_hosts import KnownHosts
+
+            self._known_hosts = KnownHosts.from_settings(self.ssh_settings())
+        return self._known_hosts
+
     def _file(self, key: str) -> Path | None:
         value = rex_settings.effective(self.settings).get(key)
         return Path(value) if value else None
@@ -240,10 +265,16 @@ class ScriptPlugin(Plugin):
             except OSError as exc:
                 return PlainTextResponse(f"CA public key unavailable: {exc.strerror}", 404)
 
-        return Starlette(
-            routes=[
-                Route("/pubkey", pubkey, methods=["GET"]),
-                Route("/ca_pubkey", ca_pubkey, methods=["GET"]),
-                *PullApi(self.pull_state).routes(),
-            ]
-        )
+        routes = [
+            Route("/pubkey", pubkey, methods=["GET"]),
+            Route("/ca_pubkey", ca_pubkey, methods=["GET"]),
+            *PullApi(self.pull_state).routes(),
+        ]
+        if self.settings.get("cockpit_integration"):
+            from .cockpit import CockpitSession
+
+            session = CockpitSession(
+                self.host.authorizer.authorize_any, self.ssh_settings, self.known_hosts
+            )
+            routes.append(Route("/session", session, methods=["POST"]))
+        return Starlette(routes=routes)

@@ -309,3 +309,213 @@ def test_protocol_class_follows_uvicorn_choice() -> None:
     assert server.tls_aware_protocol("auto") is server.tls_aware_protocol("httptools")
     with pytest.raises(ValueError):
         server.tls_aware_protocol("zttp")  # type: ignore[arg-type]
+
+
+# ---- raw takeover ---------------------------------------------------------------------------
+
+
+class RawEchoApp:
+    """``POST /raw`` (an upgrade request) is taken over: the app writes ``RAW <body> <cn>``,
+    then echoes what it reads until it has seen ``bye``. Other requests get an ordinary
+    answer with their body; ``/early`` tries the takeover before reading its body."""
+
+    def __init__(self) -> None:
+        self.offered: list[tuple[str, bool]] = []
+        self.errors: list[BaseException] = []
+        self.taken = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        takeover = server.raw_takeover(scope)
+        self.offered.append((scope["path"], takeover is not None))
+        if takeover is not None and scope["path"] == "/early":
+            try:
+                takeover.take()
+            except RuntimeError as exc:
+                self.errors.append(exc)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if takeover is None or scope["path"] != "/raw":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        reader, writer = takeover.take()
+        self.taken.set()
+        cert = server.client_certificate(scope)
+        cn = cert.subject_cn.encode() if cert is not None and cert.subject_cn else b"-"
+        writer.write(b"RAW " + body + b" " + cn + b"\n")
+        seen = b""
+        try:
+            while b"bye" not in seen:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                seen += data
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+            self.ended.set()
+        # uvicorn must ignore whatever the app sends once the connection is taken over
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+
+
+def _upgrade_request(path: str, body: bytes, *, connection: bytes = b"upgrade") -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Connection: " + connection + b"\r\nUpgrade: raw\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+async def _open(
+    listener: Listener, pki: Pki | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert listener.bound_port is not None
+    if listener.ssl_context is None:
+        return await asyncio.open_connection("127.0.0.1", listener.bound_port)
+    context = pki.client_ssl_context(cert=pki.client_cert, key=pki.client_key) if pki else None
+    return await asyncio.open_connection(
+        "127.0.0.1", listener.bound_port, ssl=context, server_hostname="localhost"
+    )
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status, *lines = head[:-4].split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get(b"content-length", 0))), 5)
+    return status, headers, body
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "split"])
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("http", HTTP_IMPLEMENTATIONS)
+async def test_raw_takeover_of_an_upgrade_request(
+    pki: Pki, http: str, secure: bool, split: bool
+) -> None:
+    app = RawEchoApp()
+    listener = Listener("127.0.0.1", 0, _server_ctx(pki) if secure else None)
+    body = b'{"hostname": "h"}\r\n'
+    request = _upgrade_request("/raw", body)
+    async with running(app, [listener], http=http, lifespan="off", graceful_timeout=None):
+        reader, writer = await _open(listener, pki)
+        if split:  # the head and half the body, then the rest with the first raw bytes
+            cut = request.index(b"\r\n\r\n") + 10
+            writer.write(request[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(request[cut:] + b"early|")
+        else:  # everything at once: the raw bytes follow the body in the same packet
+            writer.write(request + b"early|")
+        await writer.drain()
+        cn = pki.client_cn.encode() if secure else b"-"
+        expected = b"RAW " + body + b" " + cn + b"\n"
+        first = await asyncio.wait_for(reader.readexactly(len(expected)), 5)
+        assert first == expected  # no HTTP status line, no headers
+        writer.write(b"more|")
+        await writer.drain()
+        writer.write(b"bye")
+        rest = await asyncio.wait_for(reader.read(), 5)  # until the app closes
+        assert rest == b"early|more|bye"
+        writer.close()
+        await asyncio.wait_for(app.ended.wait(), 5)
+        assert app.offered == [("/raw", True)]
+        started = asyncio.get_running_loop().time()
+    # no graceful timeout: a connection left in uvicorn's bookkeeping would hang the stop
+    assert asyncio.get_running_loop().time() - started < 2
+
+
+@pytest.mark.parametrize("http", HTTP_IMPLEMENTATIONS)
+async def test_requests_not_taken_over_are_served_as_usual(pki: Pki, http: str) -> None:
+    app = RawEchoApp()
+    listener = Listener("127.0.0.1", 0)
+    async with running(app, [listener], http=http, lifespan="off"):
+        reader, writer = await _open(listener, None)
+        for payload in (b"one", b"two"):  # keep-alive, no takeover offered
+            writer.write(b"POST /plain HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n" + payload)
+            status, headers, answer = await _read_response(reader)
+            assert status == b"HTTP/1.1 200 OK"
+            assert answer == payload
+            assert headers.get(b"connection") != b"close"
+        # An upgrade request answered normally (body delivered) closes the connection.
+        writer.write(_upgrade_request("/other", b'{"a": 1}') + b"raw bytes")
+        status, headers, answer = await _read_response(reader)
+        assert status == b"HTTP/1.1 200 OK"
+        assert answer == b'{"a": 1}'
+        assert headers[b"connection"] == b"close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        # A chunked upgrade request: h11 reads the body, llhttp cannot (refused).
+        reader, writer = await _open(listener, None)
+        writer.write(
+            b"POST /other HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: raw\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        status, headers, answer = await _read_response(reader)
+        if http == "h11":
+            assert (status, answer) == (b"HTTP/1.1 200 OK", b"hello")
+        else:
+            assert status == b"HTTP/1.1 400 Bad Request"
+        assert headers[b"connection"] == b"close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # nothing more
+        writer.close()
+        # Taking over before the body was read is refused; the request is answered normally.
+        reader, writer = await _open(listener, None)
+        writer.write(_upgrade_request("/early", b"0123456789"))
+        status, headers, answer = await _read_response(reader)
+        assert (status, answer) == (b"HTTP/1.1 200 OK", b"0123456789")
+        writer.close()
+    assert app.offered == [
+        ("/plain", False),
+        ("/plain", False),
+        ("/other", True),
+        ("/other", True),  # with httptools the app sees a request whose client is gone
+        ("/early", True),
+    ]
+    assert [type(error) for error in app.errors] == [RuntimeError]
+    assert not app.taken.is_set()
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("http", HTTP_IMPLEMENTATIONS)
+async def test_shutdown_ends_taken_over_connections(pki: Pki, http: str, secure: bool) -> None:
+    app = RawEchoApp()
+    listener = Listener("127.0.0.1", 0, _server_ctx(pki) if secure else None)
+    loop = asyncio.get_running_loop()
+    async with running(app, [listener], http=http, lifespan="off") as task:
+        reader, writer = await _open(listener, pki)
+        writer.write(_upgrade_request("/raw", b"{}") + b"hello")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"hello"), 5)
+        started = loop.time()
+    # `running` stopped the server (graceful timeout 10 s): the session did not hold it up.
+    assert task.done() and task.exception() is None
+    assert loop.time() - started < 3
+    assert app.ended.is_set()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+def test_the_takeover_is_pinned_to_the_locked_uvicorn() -> None:
+    import uvicorn
+
+    lock = Path(__file__).parents[2] / "requirements.lock"
+    pins = dict(line.split("==", 1) for line in lock.read_text().splitlines() if "==" in line)
+    # The raw takeover relies on uvicorn's protocol internals: re-check it when bumping uvicorn.
+    assert uvicorn.__version__ == pins["uvicorn"].strip() == server.UVICORN_VERSION

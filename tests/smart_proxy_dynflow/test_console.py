@@ -303,9 +303,11 @@ async def test_live_updates(env: Env) -> None:
     assert first["state"] == "running" and first["live"] is True
 
     async def two_lines() -> Any:
+        # The step is "running" for a moment while it takes each update: wait for suspended.
         data = (await env.client.get(f"/console/{plan_id}/live")).json()
         output = "".join(data["output"].values())
-        return data if "two" in output else None
+        suspended = any(s["state"] == "suspended" for s in data["steps"].values())
+        return data if "two" in output and suspended else None
 
     data = await wait_for(two_lines)
     assert "one" in "".join(data["output"].values())
