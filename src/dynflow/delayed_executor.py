@@ -130,6 +130,10 @@ class DelayedExecutor:
     async def loop(self, interval: float) -> None:
         self._wakeup = asyncio.Event()
         while True:
+            # Until the next tick time is known, any notification wakes the loop up again (one
+            # arriving while this round reads the database is not lost).
+            self._wakeup.clear()
+            self._wake_at = float("inf")
             more = False
             try:
                 more = await self.tick()
@@ -143,7 +147,6 @@ class DelayedExecutor:
                 except Exception:  # noqa: BLE001
                     log.exception("delayed executor could not read the next start")
             self._wake_at = wake_at
-            self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), max(0.0, wake_at - time.time()))
             except TimeoutError:
