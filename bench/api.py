@@ -130,6 +130,11 @@ class Sizes:
         )
 
 
+def raw_connection(url: str) -> benchlib.RawConnection:
+    parsed = httpx.URL(url)
+    return benchlib.RawConnection(parsed.port or 80, parsed.host)
+
+
 def figure_line(figure: str, value: float, store: str, **extra: Any) -> dict[str, Any]:
     return benchlib.figure_line(figure, value, store, FIGURE_UNITS, TARGETS, **extra)
 
@@ -193,43 +198,6 @@ class Service(benchlib.ServiceProcess):
 
 
 # ---- client helpers -----------------------------------------------------------------------------
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection doing GETs; just enough HTTP for the load loop."""
-
-    def __init__(self, url: str) -> None:
-        parsed = httpx.URL(url)
-        self.host, self.port = parsed.host, parsed.port or 80
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> RawConnection:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        assert self.reader is not None and self.writer is not None
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "Accept: application/json\r\n\r\n".encode()
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await self.reader.readexactly(length) if length else b""
-        return status, body
-
-
 def new_client(url: str, connections: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(base_url=url, limits=limits, timeout=120)
@@ -327,7 +295,7 @@ async def stage_status(
     latencies: list[float] = []
     errors = 0
 
-    async def worker(client: RawConnection, until: float, record: bool) -> None:
+    async def worker(client: benchlib.RawConnection, until: float, record: bool) -> None:
         nonlocal errors
         while time.perf_counter() < until:
             task_id = random.choice(ids)
@@ -344,7 +312,7 @@ async def stage_status(
     # request, which would measure the load generator rather than the service.
     async with contextlib.AsyncExitStack() as stack:
         clients = [
-            await stack.enter_async_context(RawConnection(url)) for _ in range(sizes.clients)
+            await stack.enter_async_context(raw_connection(url)) for _ in range(sizes.clients)
         ]
         warm_until = time.perf_counter() + sizes.warmup
         await asyncio.gather(*(worker(client, warm_until, False) for client in clients))
@@ -444,7 +412,7 @@ async def stage_bulk(url: str, store: str, sizes: Sizes, ids: list[str]) -> list
                 raise RuntimeError(f"{len(states)} of {len(ids)} ids known")
         # The first GET of each plan: nothing cached, the plan is read from the database.
         first: list[float] = []
-        async with RawConnection(url) as raw:
+        async with raw_connection(url) as raw:
             for task_id in ids:
                 started = time.perf_counter()
                 status, _ = await raw.get(f"/tasks/{task_id}/status")
@@ -476,7 +444,7 @@ async def stage_bulk(url: str, store: str, sizes: Sizes, ids: list[str]) -> list
 async def sequential_status_ms(url: str, ids: list[str], requests: int) -> list[float]:
     """``requests`` GETs of ``/tasks/<id>/status`` one after the other, each timed in ms."""
     timings: list[float] = []
-    async with RawConnection(url) as raw:
+    async with raw_connection(url) as raw:
         for index in range(requests):
             path = f"{httpx.URL(url).path.rstrip('/')}/tasks/{ids[index % len(ids)]}/status"
             started = time.perf_counter()

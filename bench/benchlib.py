@@ -6,6 +6,8 @@ Imported by the scripts next to it (``import benchlib``), which run with this di
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -158,3 +160,48 @@ class ServiceProcess:
         except OSError:
             return None
         return None
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection doing GETs: just enough HTTP for a load loop (httpx
+    costs about 1 ms of CPU a request, which would be measured too)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RawConnection:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """The status and body of ``GET path``."""
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "Accept: application/json\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def get_json(self, path: str) -> Any:
+        """The JSON body of ``GET path``; RuntimeError unless it answers 200."""
+        status, body = await self.get(path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
+        return json.loads(body)

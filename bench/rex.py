@@ -392,44 +392,6 @@ def failures_of(results: dict[str, Any]) -> tuple[int, str | None]:
 
 
 # ---- HTTP helpers -------------------------------------------------------------------------------
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection doing GETs (httpx costs ~1 ms of CPU a request)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> RawConnection:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-
-    async def get_json(self, path: str) -> Any:
-        assert self.reader is not None and self.writer is not None
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-            "Accept: application/json\r\n\r\n".encode()
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await self.reader.readexactly(length) if length else b""
-        if status != 200:
-            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
-        return json.loads(body)
-
-
 def launch_input(hosts: list[Host], user: str, working_dir: Path) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     for host in hosts:
@@ -590,7 +552,7 @@ async def sample_rss(proc: psutil.Process, samples: Samples, stop: asyncio.Event
 
 
 async def sample_running(port: int, samples: Samples, stop: asyncio.Event) -> None:
-    async with RawConnection(port) as raw:
+    async with benchlib.RawConnection(port) as raw:
         while not stop.is_set():
             try:
                 answer = await raw.get_json("/tasks/count?state=running")
