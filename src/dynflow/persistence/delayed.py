@@ -134,21 +134,10 @@ class DelayedStore:
     @staticmethod
     def guarded_state_stmt(plan: ExecutionPlan, from_state: str) -> Stmt:
         """Save the plan's state (and timings, history) only if it is still ``from_state``."""
-        return Stmt(
-            GUARDED_PLAN_STATE,
-            {
-                "b_uuid": plan.id,
-                "b_from": from_state,
-                "state": plan.state,
-                "result": plan.result,
-                "started_at": plan.started_at,
-                "ended_at": plan.ended_at,
-                "real_time": plan.real_time,
-                "execution_time": plan.execution_time,
-                "execution_history": dumps(plan.execution_history),
-            },
-            guard=True,
-        )
+        from .store import plan_update_params
+
+        params = {**plan_update_params(plan), "b_from": from_state}
+        return Stmt(GUARDED_PLAN_STATE, params, guard=True)
 
     @staticmethod
     def replace_plan_stmts(plan: ExecutionPlan) -> list[Stmt]:
