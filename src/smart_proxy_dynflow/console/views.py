@@ -430,14 +430,9 @@ class HistoryEntry:
 
 
 @dataclass
-class PlanView:
-    id: str
-    label: str
-    state: str
-    result: str
-    started_at: dt.datetime | None
-    ended_at: dt.datetime | None
-    duration: float | None
+class PlanView(PlanRow):
+    """A plan's page: its row of the list, and everything else."""
+
     execution_time: float | None
     progress: int
     history: list[HistoryEntry]
@@ -616,13 +611,7 @@ def build_plan_view(
     failed = [s for s in steps.values() if s.state == "error"]
     cancellable = plan.state == "running" and any(s.cancellable for s in steps.values())
     return PlanView(
-        id=plan.id,
-        label=plan.label or "(no label)",
-        state=plan.state,
-        result=plan.result,
-        started_at=plan.started_at,
-        ended_at=plan.ended_at,
-        duration=plan_duration(plan, now),
+        **vars(plan_row(plan, now)),
         execution_time=plan.execution_time,
         progress=round(plan.progress() * 100) if plan.steps else 0,
         history=history,
