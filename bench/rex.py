@@ -198,7 +198,7 @@ class Fleet:
         self.hosts: list[Host] = []
 
     def setup(self) -> None:
-        reason = harness.skip_reason()
+        reason = harness.missing_requirement()
         if reason is not None:
             raise RuntimeError(reason)
         harness.sweep_leftovers()

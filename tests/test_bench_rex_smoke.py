@@ -17,9 +17,9 @@ FIGURES = {
 
 
 def test_bench_rex_quick_sqlite() -> None:
-    reason = sshd_support.skip_reason()
+    reason = sshd_support.missing_requirement()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(reason)
     lines = run_quick("rex.py", timeout=60)
     assert {line["figure"] for line in lines} == FIGURES
     by_figure = {line["figure"]: line for line in lines}

@@ -29,9 +29,9 @@ from tests.support.sshd import Sshd, SshKeys, TestUsers
 
 
 def _require_sshd() -> None:
-    reason = sshd_support.skip_reason()
+    reason = sshd_support.missing_requirement()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(reason)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Everything here drives the real system tools: ``/usr/sbin/sshd`` (Debian openssh-server),
 ``ssh-keygen``, ``useradd``/``userdel``/``chpasswd``, ``visudo`` and ``mount``. It needs root,
-which ``skip_reason()`` checks. ``scripts/test-deps.sh`` installs the packages.
+which ``missing_requirement()`` checks. ``scripts/test-deps.sh`` installs the packages.
 
 Building blocks:
 
@@ -63,8 +63,9 @@ SUDO_PROMPT = "rex login: "  # the prompt the runner passes with sudo -p
 START_TIMEOUT = 10.0
 
 
-def skip_reason() -> str | None:
-    """Why the real-sshd tests cannot run here, or None when they can."""
+def missing_requirement() -> str | None:
+    """Why the real-sshd tests cannot run here, or None when they can (``make test`` runs as
+    root and installs what they need, so a missing piece fails them)."""
     if os.geteuid() != 0:
         return "SSH tests need root (they create users, start sshd and mount a tmpfs)"
     for tool in (SSHD_BIN, SSH_BIN, SSH_KEYGEN_BIN):
