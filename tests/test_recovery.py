@@ -129,3 +129,48 @@ async def test_auto_execute_runs_planned_plans(db_url):
         assert (untouched.state, untouched.result) == ("paused", "error")
     finally:
         await second.stop()
+
+
+
+class RerunsAfterCrash(Action):
+    """Blocks on its first run; run again (after the crash) it finishes."""
+
+    rerun_on_recovery = True
+    blocking = True
+
+    async def run(self, event: Any = None) -> None:
+        self.output["event"] = event
+        if type(self).blocking:
+            await asyncio.Event().wait()
+
+    def rescue_strategy_for_self(self) -> str:
+        return "fail"
+
+
+async def test_rerun_on_recovery_runs_the_running_step_again(db_url):
+    """A step running at the crash of an action with ``rerun_on_recovery`` is not failed
+    ("Abnormal termination" and its rescue strategy "fail" would stop the plan with an error):
+    it runs again with no event and the plan goes on. Plain actions keep Dynflow's way."""
+    first = World(db_url, **options())
+    await first.start()
+    rerun = await first.trigger(RerunsAfterCrash)
+    plain = await first.trigger(Blocking)
+    await wait_step_state(first, rerun.id, 2, "running")
+    await wait_step_state(first, plain.id, 2, "running")
+    await abandon(first)
+    RerunsAfterCrash.blocking = False
+
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        done = await wait_plan_state(second, rerun.id)
+        assert (done.state, done.result) == ("stopped", "success")
+        assert done.steps[2].error is None
+        assert done.actions[1].output["event"] is None
+        assert "terminate execution" in [h["name"] for h in done.execution_history]
+        plan = await second.load_plan(plain.id)
+        assert (plan.state, plan.result) == ("paused", "error")
+        assert plan.steps[2].error["message"] == "Abnormal termination (previous state: running)"
+    finally:
+        RerunsAfterCrash.blocking = True
+        await second.stop()

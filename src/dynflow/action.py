@@ -185,6 +185,12 @@ class Action:
     * ``subscribe``: action classes (or registered names) this action subscribes to: whenever
       one of them is planned, this action is planned too, in the same plan, after it (spec
       §1.3). May also be a classmethod returning them.
+    * ``rerun_on_recovery``: what recovery does with this action's run step when the world
+      that ran it died while the step was ``running`` (spec §5.4). False (Dynflow's way): the
+      step fails with "Abnormal termination" and the rescue strategy decides. True: the step
+      is put back to ``suspended`` and runs again with no event, like a suspended step; for
+      actions whose ``run`` can find out what the interrupted run did (a runner that
+      re-attaches to its job, a callback Foreman accepts twice, children spawned by id).
     """
 
     queue: ClassVar[str | None] = None
@@ -193,6 +199,7 @@ class Action:
     middleware: ClassVar[MiddlewareRules] = MiddlewareRules()
     subscribe: ClassVar[Any] = ()
     cancellable: ClassVar[bool] = False
+    rerun_on_recovery: ClassVar[bool] = False
     abstract: ClassVar[bool] = True
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:

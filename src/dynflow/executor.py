@@ -246,6 +246,9 @@ class PlanRun:
             log.exception("step %s:%s failed in the engine", self.plan.id, step_id)
             step.state = "error"
             step.error = error_hash(exc)
+            # Whoever sent the event must not take it as processed: it was not stored.
+            if future is not None and not future.done():
+                future.set_exception(EventRejected(f"the step could not be saved: {exc}"))
             try:
                 await self.store.write(self.plan.id, [self.store.update_step_stmt(step)])
             except Exception:  # noqa: BLE001

@@ -4,7 +4,9 @@ A world is dead when its record names this host and a process that no longer run
 very process: an earlier incarnation), or when its heartbeat is older than ``world_timeout``.
 Each plan it was executing gets its ``running`` steps failed with "Abnormal termination", the
 history entry "terminate execution" and ``paused``; then the rescue strategy decides, and a plan
-without errors is executed again here (its suspended steps re-run with no event).
+without errors is executed again here (its suspended steps re-run with no event). The run step
+of an action class with ``rerun_on_recovery`` is not failed: it goes back to ``suspended`` and
+re-runs with no event like the others.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
     stmts = []
     for step in plan.steps.values():
         if step.state == "running":
+            if isinstance(step, RunStep) and _reruns(plan, step):
+                step.state = "suspended"
+                stmts.append(store.update_step_stmt(step))
+                continue
             step.state = "error"
             step.error = plain_error(
                 "Abnormal termination (previous state: running)", "Dynflow::Errors::FatalError"
@@ -125,6 +131,11 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
         await world.execute(plan.id)
     except DynflowError as exc:
         log.warning("could not execute recovered plan %s: %s", plan.id, exc)
+
+
+def _reruns(plan: Any, step: RunStep) -> bool:
+    action = plan.actions.get(step.action_id)
+    return action is not None and bool(type(action).rerun_on_recovery)
 
 
 async def auto_execute(world: World) -> int:

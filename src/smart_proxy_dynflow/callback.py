@@ -7,8 +7,9 @@ proxy's client certificate; only HTTP 200 counts as delivered.
 request for many tasks) are ordinary engine actions, which is what makes them durable: their
 data is in the database before the first attempt; a failed attempt schedules a stored retry
 event with exponential back-off (``callback_retry_interval`` doubling up to
-``callback_retry_max_interval``); after a restart the step runs again and sends at once. Once
-Foreman answered 200 the step is done and the callback is never sent again. After
+``callback_retry_max_interval``); after a restart the step runs again and sends at once, also
+when it was in flight at a crash. Once Foreman answered 200 and that was stored, the callback is
+never sent again. After
 ``callback_retry_timeout`` without success the step fails ("Failed performing callback to
 Foreman server: ..."), the plan is paused, and Foreman's own status polling picks the result up.
 """
@@ -91,7 +92,17 @@ class ForemanClient:
 
 
 class _DurableCallback(Action, abstract=True):
-    """Sends ``payload()`` until Foreman takes it, surviving Foreman outages and restarts."""
+    """Sends ``payload()`` until Foreman takes it, surviving Foreman outages and restarts.
+
+    A crash while a request is in flight re-runs the step (``rerun_on_recovery``), which
+    sends the callback again. That repeats a callback only when the crash fell between
+    Foreman's 200 and the proxy's record of it, and Foreman ignores the repeat: foreman-tasks'
+    ``TasksController#callback`` hands each callback to the step it names with
+    ``world.event`` and answers 200 ``{"message": "processing"}`` at once; Dynflow drops an
+    event for a step that is no longer suspended (the step finished with the first one).
+    """
+
+    rerun_on_recovery = True
 
     def payload(self) -> dict[str, Any]:
         raise NotImplementedError

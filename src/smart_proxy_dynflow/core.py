@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynflow import World
+from dynflow.errors import EventRejected
 
 from .callback import ForemanClient
 from .dispatcher import Dispatcher
@@ -135,10 +136,15 @@ class Core:
     def running(self) -> bool:
         return self._started
 
-    async def _deliver(self, target: SuspendedAction, update: Update) -> None:
-        await self.world.event(
-            target.execution_plan_id, target.step_id, update.to_event(), optional=True
-        )
+    async def _deliver(self, target: SuspendedAction, update: Update) -> bool:
+        """Hand ``update`` to its step; True once the step stored it, False when the step
+        does not take events (the plan is not running here, or the step finished)."""
+        try:
+            await self.world.event(target.execution_plan_id, target.step_id, update.to_event())
+        except EventRejected as exc:
+            log.debug("update for %s not delivered: %s", target, exc)
+            return False
+        return True
 
     def operations(self) -> list[str]:
         return self.launchers.operations()

@@ -5,7 +5,10 @@ starts the runner, refreshes it every ``refresh_interval`` seconds and processes
 the commands queued for it (kill, external event, on-demand refresh, timeout)
 one at a time, so a runner never runs two hooks concurrently. Updates go to
 the ``deliver`` callback given by the owner; the dispatcher knows nothing of
-the engine.
+the engine. ``deliver`` returns once the update is stored, and False when it could not be
+(None counts as stored); after the update with the exit status was stored the runner is told
+(:meth:`Runner.result_stored`) before it is closed, so it removes its job's traces on the
+target only when a crash can no longer lose the result.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from smart_proxy_dynflow.runner import Runner, SuspendedAction, Update
 
 logger = logging.getLogger("smart_proxy_dynflow.dispatcher")
 
-Deliver = Callable[[SuspendedAction, Update], Awaitable[None]]
+Deliver = Callable[[SuspendedAction, Update], Awaitable[bool | None]]
 
 _KILL = "kill"
 _EXTERNAL_EVENT = "external_event"
@@ -214,9 +217,11 @@ class Dispatcher:
                 or receiver == runner.suspended_action
             )
             target = receiver if receiver is not None else state.suspended_action
-            await self._safe_deliver(target, update)
+            stored = await self._safe_deliver(target, update)
             if main and update.exit_status is not None:
                 finished = True
+                if stored:
+                    runner.result_stored()
         if finished:
             self._finish(state)
 
@@ -244,11 +249,13 @@ class Dispatcher:
         except Exception:
             logger.exception("Closing runner %s failed", state.runner.id)
 
-    async def _safe_deliver(self, receiver: SuspendedAction, update: Update) -> None:
+    async def _safe_deliver(self, receiver: SuspendedAction, update: Update) -> bool:
+        """Deliver ``update``; True when it was stored."""
         try:
-            await self._deliver(receiver, update)
+            return await self._deliver(receiver, update) is not False
         except Exception:
             logger.exception("Delivering an update to %s failed", receiver)
+            return False
 
     def _spawn_aux(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -199,6 +199,8 @@ class BatchAction(Action):
     """The parent of a batch launch: plans the children, then finishes (§3.4)."""
 
     wire_names = ("Proxy::Dynflow::Action::Batch",)
+    # A crash while it plans the children re-runs it: it plans those not planned yet.
+    rerun_on_recovery = True
 
     def plan(self, input_hash: dict[str, Any], launcher: dict[str, Any]) -> None:
         self.plan_self(input_hash=input_hash, launcher=launcher)
@@ -216,6 +218,7 @@ class BatchAction(Action):
 
 # ---- group launches: one runner for many hosts (§3.5) -----------------------------------------
 CHECK = "smart_proxy_dynflow.launcher.check"
+GROUP_NAMESPACE = uuid.UUID("0f7c2a4e-93d1-4b6a-8e25-7c1d9b3a5f60")
 
 
 class GroupLauncher(BatchLauncher):
@@ -286,6 +289,9 @@ class SingleRunnerBatchAction(Action):
     wire_names = ("Proxy::Dynflow::Action::SingleRunnerBatch",)
     cancellable = True
     polling_interval: ClassVar[float] = 10.0
+    # Re-run after a crash: the runner ids are derived from the plan, so the children and the
+    # batch runner planned by the interrupted run are found, not planned again.
+    rerun_on_recovery = True
 
     def plan(self, input_hash: dict[str, Any], launcher: dict[str, Any]) -> None:
         self.plan_self(input_hash=input_hash, launcher=launcher)
@@ -300,8 +306,12 @@ class SingleRunnerBatchAction(Action):
         world = core.world
         keys = list(self.input["input_hash"])
         if event is None and "runner_id" not in self.output:
-            self.output["runner_id"] = str(uuid.uuid4())
-            self.output["batch_runner_id"] = str(uuid.uuid4())
+            self.output["runner_id"] = str(
+                uuid.uuid5(GROUP_NAMESPACE, f"{self.execution_plan_id}/runner")
+            )
+            self.output["batch_runner_id"] = str(
+                uuid.uuid5(GROUP_NAMESPACE, f"{self.execution_plan_id}/batch-runner")
+            )
         if event is None:
             launcher = Launcher.from_hash(core, self.input["launcher"])
             assert isinstance(launcher, GroupLauncher)

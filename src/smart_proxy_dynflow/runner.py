@@ -4,6 +4,16 @@ A runner does the actual work of a runner action (a local process, an SSH
 session, ...). The :class:`~smart_proxy_dynflow.dispatcher.Dispatcher` drives
 it through async hooks and delivers the :class:`Update` objects it generates
 to suspended action steps, addressed by :class:`SuspendedAction`.
+
+Two facts make a runner's job safe across a crash of the service:
+
+* ``started``: a runner that knows its job now runs on the target (the script was launched)
+  says so with :meth:`Runner.publish_started`; the next update carries ``started`` and the
+  runner action stores it. After a restart, a job whose start was never stored may be
+  started (once); one whose start was stored is only ever re-attached to.
+* :meth:`Runner.result_stored`: the dispatcher calls it once the update carrying the exit
+  status was stored by the engine. Only then may the runner remove what the target keeps of
+  the job (the SSH runner's job directory): before, a crash would lose the only copy.
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ class Update:
     output: list[dict[str, Any]] = field(default_factory=list)
     exit_status: ExitStatus = None
     exit_status_timestamp: float | None = None
+    started: bool = False
+    """The job runs on its target now (see the module doc)."""
 
     def __post_init__(self) -> None:
         if self.exit_status is not None and self.exit_status_timestamp is None:
@@ -50,13 +62,14 @@ class Update:
 
     def to_event(self) -> dict[str, Any]:
         """The JSON-serialisable event delivered to the engine."""
-        return {
-            RUNNER_UPDATE_KEY: {
-                "output": [dict(record) for record in self.output],
-                "exit_status": self.exit_status,
-                "exit_status_timestamp": self.exit_status_timestamp,
-            }
+        payload: dict[str, Any] = {
+            "output": [dict(record) for record in self.output],
+            "exit_status": self.exit_status,
+            "exit_status_timestamp": self.exit_status_timestamp,
         }
+        if self.started:
+            payload["started"] = True
+        return {RUNNER_UPDATE_KEY: payload}
 
     @classmethod
     def from_event(cls, event: Any) -> Update | None:
@@ -70,6 +83,7 @@ class Update:
             output=list(payload.get("output") or []),
             exit_status=payload.get("exit_status"),
             exit_status_timestamp=payload.get("exit_status_timestamp"),
+            started=bool(payload.get("started")),
         )
 
     @classmethod
@@ -100,6 +114,8 @@ class Runner:
         self.logger = logging.getLogger("smart_proxy_dynflow.runner")
         self._output = ContinuousOutput()
         self._exit_status_sent = False
+        self._started_pending = False
+        self._result_stored = False
         self.on_news: Callable[[], Any] | None = None
         """Set by the dispatcher: call :meth:`news` to be refreshed now, not at the next tick."""
 
@@ -187,6 +203,19 @@ class Runner:
         self.exit_status_timestamp = time.time()
         self._exit_status_sent = False
 
+    def publish_started(self) -> None:
+        """The job runs on its target now; the next update says so (see the module doc)."""
+        self._started_pending = True
+
+    def result_stored(self) -> None:
+        """Called by the dispatcher once the engine stored the update with the exit status."""
+        self._result_stored = True
+
+    @property
+    def is_result_stored(self) -> bool:
+        """True once :meth:`result_stored` was called: the target's copy may be removed."""
+        return self._result_stored
+
     @property
     def finished(self) -> bool:
         """True once an exit status is set."""
@@ -195,12 +224,15 @@ class Runner:
     def generate_updates(self) -> dict[SuspendedAction | None, Update]:
         """Hand out the buffered output (and a not yet sent exit status) and reset the buffer."""
         pending_status = self.exit_status is not None and not self._exit_status_sent
-        if self._output.empty and not pending_status:
+        started, self._started_pending = self._started_pending, False
+        if self._output.empty and not pending_status and not started:
             return {}
         output, self._output = self._output, ContinuousOutput()
         if pending_status:
             self._exit_status_sent = True
-            update = Update(output.raw_outputs, self.exit_status, self.exit_status_timestamp)
+            update = Update(
+                output.raw_outputs, self.exit_status, self.exit_status_timestamp, started=started
+            )
         else:
-            update = Update(output.raw_outputs)
+            update = Update(output.raw_outputs, started=started)
         return {self.suspended_action: update}

@@ -18,10 +18,17 @@ external event      forwarded to the runner (``/tasks/:id/update`` and ``/done``
 Finishing writes ``exit_status``, ``exit_status_timestamp`` and ``result`` (every record, in
 order). Finalize fails the plan with "Script execution failed" for a non-zero exit status.
 
-After a restart of the service the step runs again with no event. A runner class that is
-``recoverable`` is re-attached to its job (the SSH runner reads the recorded output and exit
-code on the host); any other runner's outcome is unknown, so the action finishes with the
-exit status ``EXCEPTION`` and a debug line saying why (the original failed such tasks too).
+After a restart of the service the step runs again with no event, also when it was
+``running`` at a crash (``rerun_on_recovery``: the original failed such a step with
+"Abnormal termination" and Foreman never heard back). A runner class that is ``recoverable``
+is re-attached to its job (the SSH runner reads the recorded output and exit code on the
+host); any other runner's outcome is unknown, so the action finishes with the exit status
+``EXCEPTION`` and a debug line saying why (the original failed such tasks too).
+
+What makes the re-run safe: :meth:`RunnerAction.default_runner_id` is derived from the plan and
+step, so a run cut short before its first save starts a runner with the same id, which finds
+the job the first one may have launched; ``started`` (stored from the runner's first update
+after the launch) tells a job that may be started from one that may only be re-attached to.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from .runner import Runner, SuspendedAction, Update
 log = logging.getLogger("smart_proxy_dynflow.runner")
 
 EXTERNAL_EVENT = "external_event"
+STARTED_KIND = "runner_started"
+RUNNER_ID_NAMESPACE = uuid.UUID("5b8f4a52-6f0e-4d3c-9a53-2f6b1d0c7e41")
 FINISHED_STATES = ("success", "error", "skipped")
 
 
@@ -59,6 +68,7 @@ class RunnerAction(Action, abstract=True):
     """Base of actions whose run phase is a runner; subclasses write ``initiate_runner``."""
 
     cancellable = True
+    rerun_on_recovery = True
 
     def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
         data = {**(input or {}), **values}
@@ -84,6 +94,18 @@ class RunnerAction(Action, abstract=True):
     @property
     def runner_id(self) -> str | None:
         return self.output.get("runner_id")
+
+    def default_runner_id(self) -> str:
+        """The id of this step's runner: the same for every run of the step (see the module
+        doc), unique across steps and plans."""
+        return str(uuid.uuid5(RUNNER_ID_NAMESPACE, f"{self.execution_plan_id}/{self.run_step_id}"))
+
+    @staticmethod
+    def job_started(chunks: list[dict[str, Any]]) -> bool:
+        """Whether the stored output ``chunks`` show that the job started on its target: the
+        start is noted as an empty chunk of kind ``runner_started`` (so the output Foreman
+        sees keeps its exact shape), and output at all proves it too."""
+        return any(c.get("kind") == STARTED_KIND or c.get("chunk") for c in chunks)
 
     # ---- run ----------------------------------------------------------------------------------
     async def run(self, event: Any = None) -> None:
@@ -148,6 +170,8 @@ class RunnerAction(Action, abstract=True):
         await self.process_update(Update([record], exit_status="EXCEPTION"))
 
     async def process_update(self, update: Update) -> None:
+        if update.started:
+            self.output_chunk([], kind=STARTED_KIND)
         if update.exit_status is None:
             if update.output:
                 self.output_chunk(update.output, kind="runner_update")

@@ -39,27 +39,44 @@ class ScriptRunnerAction(RunnerAction):
     )
 
     async def initiate_runner(self) -> Runner:
+        assert self.world is not None
+        # After a restart (or a crash before the first save): what Foreman has seen already,
+        # and whether the job is known to have started on the host.
+        # Before the first save (no runner id stored yet) no chunk can be stored either.
+        chunks = (
+            await self.world.output_chunks(self.execution_plan_id, self.id)
+            if self.runner_id
+            else []
+        )
+        runner_id = self.runner_id or self.default_runner_id()
         if simulate():
-            return FakeRunner(suspended_action=self.suspended_action)
+            return FakeRunner(
+                suspended_action=self.suspended_action,
+                id=runner_id,
+                published_lines=sum(
+                    1
+                    for c in chunks
+                    for r in (c["chunk"] or [])
+                    if r.get("output_type") == "stdout"
+                ),
+            )
         from .script_runner import ScriptRunner
 
         state = core_of(self.world).extensions[EXTENSION]
-        published = 0
-        if "runner_id" in self.output:  # re-attaching after a restart: what Foreman has seen
-            assert self.world is not None
-            chunks = await self.world.output_chunks(self.execution_plan_id, self.id)
-            published = sum(
-                len(r.get("output") or "")
-                for c in chunks
-                for r in (c["chunk"] or [])
-                if r.get("output_type") == "stdout"
-            )
+        published = sum(
+            len(r.get("output") or "")
+            for c in chunks
+            for r in (c["chunk"] or [])
+            if r.get("output_type") == "stdout"
+        )
         return ScriptRunner(
             state.options(self.input),
             known_hosts=state.known_hosts,
             start_slots=state.start_slots(),
             suspended_action=self.suspended_action,
+            id=runner_id,
             published_chars=published,
+            started=self.job_started(chunks),
         )
 
 

@@ -3,7 +3,8 @@
 ``REX_SIMULATE=yes|true|1`` makes every job use it. Its output is the lines of the file named by
 ``REX_SIMULATE_PATH`` (or a short built-in banner), one line per refresh; then it exits with 0,
 or with ``REX_SIMULATE_EXIT`` when a roll of ``REX_SIMULATE_FAIL_CHANCE`` percent says so.
-``kill`` ends it at once.
+``kill`` ends it at once. After a restart of the service it re-attaches: it goes on after the
+lines the proxy had stored (``published_lines``), as a real job would have gone on.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ def _lines(path: str | None) -> tuple[str, ...]:
 
 
 class FakeRunner(Runner):
-    def __init__(self, **kwargs: Any) -> None:
+    recoverable = True
+
+    def __init__(self, *, published_lines: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.lines = list(_lines(os.environ.get("REX_SIMULATE_PATH") or None))
-        self.position = 0
+        self.position = min(published_lines, len(self.lines))
 
     async def start(self) -> None:
+        self.publish_started()
+        self._next_line()
+
+    async def reattach(self) -> None:
         self._next_line()
 
     async def refresh(self) -> None:

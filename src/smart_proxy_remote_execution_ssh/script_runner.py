@@ -3,8 +3,10 @@
 One SSH connection per job and, in the common case, ONE exec channel for the whole job: the
 launch command (see :mod:`.wrapper`) sets up ``<remote_working_dir>/foreman-ssh-cmd-<id>/``,
 runs the preflight checks, starts the wrapper and streams its output, and removes the directory
-after the proxy saw the exit code. A user switch that needs a password adds a PTY channel for
-the prompt. ``kill`` and ``reattach`` use channels of their own.
+once the proxy stored the exit code (:meth:`Runner.result_stored`; until then a crash of the
+proxy leaves the result on the host for :meth:`ScriptRunner.reattach`). A user switch that
+needs a password adds a PTY channel for the prompt. ``kill`` and ``reattach`` use channels
+of their own.
 
 Output is published as it arrives (``stdout`` records, decoded as UTF-8 with replacement
 characters), and the dispatcher is asked to deliver it at most every :data:`NEWS_INTERVAL`
@@ -19,6 +21,13 @@ The job does not depend on the proxy's connection: the wrapper records ``pid``, 
 ``exit_code`` on the host, so after a restart of the proxy :meth:`ScriptRunner.reattach` reads
 them (or follows the still running job) and reports the real result. Closing a runner whose
 job has not finished (the service is stopping) only disconnects; the job goes on.
+
+Crash safety (the runner id is the same for every run of a step, see
+:class:`~smart_proxy_dynflow.runner_action.RunnerAction`): a launch that finds the job's
+directory re-attaches instead (``exists``); a re-attach that finds no directory, or one whose
+launch never started the wrapper, launches the job, unless the proxy had stored that the job
+started (``started``: then its result is unknown, as after a reboot of the host that cleared
+the directory). So a job is started once and a script never twice.
 """
 
 from __future__ import annotations
@@ -226,29 +235,27 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
             self._fed = max(0, self._fed - cut)
 
     def _output_text(self, text: str) -> None:
-        if self.pty:
-            # The exit marker comes on the same stream: hold back what could be its start.
-            text = self._pending + text
-            index = text.find(self.marker)
-            if index >= 0:
-                line_end = text.find("\n", index)
-                if line_end < 0:
-                    self._publish(self._respond(text[:index]))
-                    self._pending = text[index:]
-                    return
+        # The exit marker comes on the output's stream: hold back what could be its start.
+        text = self._pending + text
+        index = text.find(self.marker)
+        if index >= 0:
+            line_end = text.find("\n", index)
+            if line_end < 0:
                 self._publish(self._respond(text[:index]))
-                self._pending = ""
-                match = self._marker_re.match(text, index)
-                self.phase = "done"
-                if match is not None:
-                    self._marker(*match.groups())
-                self._flush_output()
+                self._pending = text[index:]
                 return
-            keep = _partial_suffix(text, self.marker)
-            self._pending = text[len(text) - keep :] if keep else ""
-            text = text[: len(text) - keep] if keep else text
-            text = self._respond(text)
-        self._publish(text)
+            self._publish(self._respond(text[:index]))
+            self._pending = ""
+            match = self._marker_re.match(text, index)
+            self.phase = "done"
+            self._flush_output()
+            if match is not None:
+                self._marker(*match.groups())
+            return
+        keep = _partial_suffix(text, self.marker)
+        self._pending = text[len(text) - keep :] if keep else ""
+        text = text[: len(text) - keep] if keep else text
+        self._publish(self._respond(text))
 
     def _publish(self, text: str) -> None:
         if self._newline_after_answer and text:
@@ -274,7 +281,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
 
     def _flush_output(self) -> None:
         tail = self._decoder.decode(b"", final=True)
-        if self.pty:
+        if self._pending:
             tail = self._pending + tail
             self._pending = ""
         if tail:
@@ -305,13 +312,16 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
     def _marker(self, word: str, arg1: str | None, arg2: str | None) -> None:
         runner = self.runner
         if word == "exit":
+            # On stdout after the last output: the job's output is complete. The directory is
+            # removed only when the proxy acknowledges it (see ScriptRunner.close).
             self.exit_marker = arg1
-            # Without a PTY the last output may still come after the marker (other stream).
-            if self.pty:
-                self.phase = "done"
-            if self.ack and self.chan is not None and not self.chan.is_closing():
-                self.chan.write(b"rm\n")
-                self.removes_dir = True
+            self.phase = "done"
+            runner._exit_seen(self)
+        elif word == "exists":
+            self.failure = word
+            self.phase = "done"
+            if not self.started.done():
+                self.started.set_result(None)
         elif word == "fail":
             template = _FAIL_MESSAGES.get(arg1 or "", "Preparing the job failed at {stage}")
             self._fail_start(
@@ -369,10 +379,13 @@ class ScriptRunner(Runner):
         suspended_action: SuspendedAction | None = None,
         id: str | None = None,
         published_chars: int = 0,
+        started: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__(suspended_action=suspended_action, id=id)
         self.options = options
+        self.started_before = started
+        """The proxy stored that this job started on the host (in an earlier run)."""
         self.known_hosts = known_hosts
         self.start_slots = start_slots or asyncio.Semaphore(1)
         self.published_chars = published_chars
@@ -418,10 +431,11 @@ class ScriptRunner(Runner):
         if not await self._connect(slot):
             return
         try:
-            if self.uses_pty:
-                await self._launch_with_pty()
-            else:
-                await self._launch()
+            if not await self._launch_job():
+                # An earlier run of this step launched the job already (the proxy crashed
+                # before it stored that): follow that job instead of starting it again.
+                self.logger.info("%s: the job was launched before; re-attaching", self)
+                await self._follow(may_launch=False)
         except Exception as exc:
             self.publish_exception("Error initializing command", exc)
 
@@ -436,6 +450,20 @@ class ScriptRunner(Runner):
     async def _reattach(self, slot: StartSlot) -> None:
         if not await self._connect(slot):
             return
+        try:
+            await self._follow(may_launch=not self.started_before)
+        except Exception as exc:
+            self.publish_exception("Error re-attaching to the job", exc)
+
+    async def _launch_job(self, *, replace: bool = False) -> bool:
+        """Launch the job; False when its directory exists already (launched before)."""
+        if self.uses_pty:
+            return await self._launch_with_pty(replace=replace)
+        return await self._launch(replace=replace)
+
+    async def _follow(self, *, may_launch: bool) -> None:
+        """Follow the job's recorded output to its exit code. A job that never started (no
+        directory, or no wrapper ever ran in it) is launched when ``may_launch``."""
         marker = new_marker()
         channel = _JobChannel(
             self,
@@ -446,29 +474,34 @@ class ScriptRunner(Runner):
         command = reattach_command(
             directory=self.remote_dir, marker=marker, cleanup=self.options.cleanup_working_dirs
         )
-        try:
-            await self._open(channel, command)
-            await self._started(channel)
-        except Exception as exc:
-            self.publish_exception("Error re-attaching to the job", exc)
+        await self._open(channel, command)
+        await self._started(channel)
+        if channel.failure is None:
+            self._dir_used = True
+            self.publish_started()
             return
+        if may_launch:
+            self.logger.info(
+                "%s: the job had not started on the host (%s); starting it", self, channel.failure
+            )
+            if await self._launch_job(replace=channel.failure == "nopid"):
+                return
+            raise RuntimeError("The job's directory appeared on the host while starting it")
         if channel.failure == "gone":
             self._cleaned = True
             self.publish_data(GONE_MESSAGE, "debug")
-            self.publish_exit_status(EXCEPTION_STATUS)
-        elif channel.failure == "nopid":
-            self._dir_used = True
-            self.publish_data(NOT_STARTED_MESSAGE, "debug")
-            self.publish_exit_status(EXCEPTION_STATUS)
         else:
             self._dir_used = True
+            self.publish_data(NOT_STARTED_MESSAGE, "debug")
+        self.publish_exit_status(EXCEPTION_STATUS)
 
     async def refresh(self) -> None:
-        """Publish the exit status once the job's channel closed."""
+        """Publish the exit status once the job printed its exit code or its channel closed."""
         channel = self._channel
-        if self.exit_status is not None or channel is None or not channel.closed:
+        if self.exit_status is not None or channel is None:
             return
-        self.publish_exit_status(self._final_status(channel))
+        if channel.closed or channel.exit_marker is not None:
+            self.publish_exit_status(self._final_status(channel))
 
     async def kill(self) -> None:
         """SIGTERM the job's whole process tree on the host (SIGKILL after a grace period)."""
@@ -501,8 +534,13 @@ class ScriptRunner(Runner):
         conn = self._conn
         if conn is None:
             return
-        if self.exit_status is None:
-            self.logger.info("%s: detaching from the job, it goes on on the host", self)
+        if self.exit_status is None or not self.is_result_stored:
+            if self.exit_status is None:
+                self.logger.info("%s: detaching from the job, it goes on on the host", self)
+            else:
+                self.logger.warning(
+                    "%s: the result was not stored; the job's directory stays on the host", self
+                )
             self._conn = None
             conn.close()
             with contextlib.suppress(Exception):
@@ -510,6 +548,16 @@ class ScriptRunner(Runner):
             return
         try:
             channel = self._channel
+            if (
+                channel is not None
+                and channel.ack
+                and channel.exit_marker is not None
+                and channel.chan is not None
+                and not channel.chan.is_closing()
+            ):
+                # The exit status is stored: the command may remove the directory now.
+                channel.chan.write(b"rm\n")
+                channel.removes_dir = True
             if channel is not None and not channel.closed:
                 # E.g. a failed preflight: the command is removing the directory and exiting.
                 with contextlib.suppress(TimeoutError):
@@ -577,7 +625,9 @@ class ScriptRunner(Runner):
         chan, _ = await self._conn.create_session(lambda: channel, command, **kwargs)
         return chan
 
-    def _launch_command(self, marker: str, *, pty: bool) -> tuple[str, bool]:
+    def _launch_command(
+        self, marker: str, *, pty: bool, replace: bool = False
+    ) -> tuple[str, bool]:
         """The launch command, and whether the script goes on stdin (too big for it)."""
         kwargs: dict[str, Any] = dict(
             directory=self.remote_dir,
@@ -585,6 +635,7 @@ class ScriptRunner(Runner):
             marker=marker,
             cleanup=self.options.cleanup_working_dirs,
             pty=pty,
+            replace=replace,
         )
         if len(self.options.script) <= COMMAND_LIMIT:
             command = launch_command(script=self.options.script, **kwargs)
@@ -592,35 +643,41 @@ class ScriptRunner(Runner):
                 return command, False
         return launch_command(script=None, script_on_stdin=True, **kwargs), True
 
-    async def _launch(self) -> None:
+    async def _launch(self, *, replace: bool = False) -> bool:
         options = self.options
         marker = new_marker()
         script = options.script.encode()
         cleanup = options.cleanup_working_dirs
-        command, on_stdin = self._launch_command(marker, pty=False)
+        command, on_stdin = self._launch_command(marker, pty=False, replace=replace)
         self._log_script()
         channel = _JobChannel(self, marker, ack=cleanup and not on_stdin)
-        self._dir_used = True
         chan = await self._open(channel, command)
         if on_stdin:
             chan.write(script)
             chan.write_eof()
         await self._started(channel)
+        if channel.failure == "exists":
+            return False
+        self._dir_used = True
+        self.publish_started()
+        return True
 
-    async def _launch_with_pty(self) -> None:
+    async def _launch_with_pty(self, *, replace: bool = False) -> bool:
         assert self._conn is not None
         options = self.options
         marker = new_marker()
         script = options.script.encode()
         cleanup = options.cleanup_working_dirs
-        setup, on_stdin = self._launch_command(marker, pty=True)
+        setup, on_stdin = self._launch_command(marker, pty=True, replace=replace)
         self._log_script()
-        self._dir_used = True
         result = await asyncio.wait_for(
             self._conn.run(setup, input=script if on_stdin else None, encoding=None, check=False),
             COMMAND_TIMEOUT,
         )
         stderr = (result.stderr or b"").decode("utf-8", errors="replace")
+        if f"{marker} exists" in stderr.splitlines():
+            return False
+        self._dir_used = True
         for line in stderr.splitlines():
             if line.startswith(f"{marker} fail "):
                 _, _, stage, code = (line.split(" ") + ["", "", ""])[:4]
@@ -651,6 +708,8 @@ class ScriptRunner(Runner):
             pty=True,
         )
         await self._started(channel)
+        self.publish_started()
+        return True
 
     async def _started(self, channel: _JobChannel) -> None:
         try:
@@ -709,6 +768,11 @@ class ScriptRunner(Runner):
         else:
             self.publish_data(text, output_type)
         self._schedule_news()
+
+    def _exit_seen(self, channel: _JobChannel) -> None:
+        """The job printed its exit code: report it now (the channel stays open until the
+        proxy stored it and acknowledges, see :meth:`close`)."""
+        self._channel_closed(channel)
 
     def _channel_closed(self, channel: _JobChannel) -> None:
         if channel is not self._channel:

@@ -7,8 +7,11 @@ of SSH channels (round trips) per job stays small:
   writes ``script`` (500), ``script-wrapper`` (500) and an empty ``output`` (600), runs the
   preflight checks (§5.5), grants the effective user access with ``setfacl`` (§5.4), then runs
   the wrapper and streams its output; when the wrapper ends it prints the exit code and, when
-  cleanup is on, removes the directory once the proxy acknowledged it (so a proxy that died
-  meanwhile finds the result on the host when it comes back).
+  cleanup is on, removes the directory once the proxy acknowledged it, which the proxy does only
+  after it stored the exit status (so a proxy that died meanwhile finds the result on the host
+  when it comes back). A directory that exists already means an earlier launch of the same job
+  (the runner id is the same for every run of a step): the command then only prints ``exists``
+  and the runner re-attaches instead, so a script is never started twice.
   When the effective-user switch needs a password the launch channel only prepares the
   directory and :func:`pty_run_command` runs the user preflight and the wrapper on a PTY.
 * :func:`reattach_command`: after a restart of the proxy, print the recorded output (or follow
@@ -18,9 +21,10 @@ of SSH channels (round trips) per job stays small:
 * :func:`cleanup_command`: ``rm -rf`` the directory.
 
 The commands talk to the runner through marker lines ``<marker> <word> [args]`` with a random
-marker per command: ``started`` (on stdout, just before the script output), ``fail <stage>
-<code>``, ``exit <code>``, ``gone`` and ``nopid`` (on stderr; on the PTY everything is on
-stdout) and ``user <code>`` (PTY only).
+marker per command: ``started`` (on stdout, just before the script output, once the job's
+``pid`` file is written), ``exit <code>`` (on stdout, right after the script output, so no output
+can come after it), ``fail <stage> <code>``, ``exists``, ``gone`` and ``nopid`` (on stderr; on
+the PTY everything is on stdout) and ``user <code>`` (PTY only).
 """
 
 from __future__ import annotations
@@ -81,9 +85,9 @@ if [ "$1" != inner ]; then
   exit "$rex_code"
 fi
 [ -e /dev/fd/3 ] && exec 2>&3 3>&-
+echo $$ > {d}/pid
 if [ -n "${{REX_MARKER:-}}" ]; then printf '%s started\\n' "$REX_MARKER"; fi
 unset REX_MARKER
-echo $$ > {d}/pid
 (
   {command}
   echo $? > {d}/exit_code
@@ -129,6 +133,14 @@ def _ack(cleanup: bool) -> str:
     return 'read -r rex_ack && [ "$rex_ack" = rm ] && rm -rf "$d"\n'
 
 
+def _exists_check(replace: bool) -> str:
+    """An earlier launch of this job left its directory: say ``exists`` (or, with
+    ``replace``, remove a directory whose launch never started the wrapper)."""
+    if replace:
+        return 'if [ -e "$d" ] && [ ! -e "$d/pid" ]; then rm -rf "$d"; fi\n' + _exists_check(False)
+    return 'if [ -e "$d" ]; then printf \'%s exists\\n\' "$M" >&2; exit 0; fi\n'
+
+
 def _setfacl(user: str | None, perms: str, *paths: str) -> str:
     u = shlex.quote(f"u:{user}:{perms}")
     return (
@@ -146,8 +158,12 @@ def launch_command(
     cleanup: bool,
     pty: bool = False,
     script_on_stdin: bool = False,
+    replace: bool = False,
 ) -> str:
     """The launch channel's command (see the module doc).
+
+    ``replace``: a directory left by an earlier launch that never started the wrapper (no
+    ``pid``, its launch shell gone) is removed first instead of reported as ``exists``.
 
     ``script`` is part of the command unless ``script_on_stdin`` (then the runner writes it
     to the channel's stdin and closes it; no cleanup acknowledgement is possible then, the
@@ -164,8 +180,11 @@ def launch_command(
     """
     user = method.effective_user if method.switches_user else None
     target = '"$d/script"'
-    parts = [_prologue(directory, marker, cleanup), "{\n"]
+    parts = [_prologue(directory, marker, cleanup)]
+    parts.append(_exists_check(replace))
+    parts.append("{\n")
     parts.append('mkdir -p "$d" || rex_fail mkdir $?\n')
+    parts.append('echo $$ > "$d/launch" || rex_fail mkdir $?\n')
     parts.append("umask 077\n")
     wrapper = wrapper_script(directory, method.command(f"{directory}/script"))
     parts.append(_write('"$d/script-wrapper"', wrapper))
@@ -203,7 +222,7 @@ def launch_command(
     # wrote no pid file.
     parts.append(_run_wrapper('REX_MARKER="$M" ', "< /dev/null"))
     parts.append(
-        '[ -e "$d/pid" ] || rex_fail exec "$rc"\nprintf \'%s exit %s\\n\' "$M" "$rc" >&2\n'
+        '[ -e "$d/pid" ] || rex_fail exec "$rc"\nprintf \'%s exit %s\\n\' "$M" "$rc"\n'
     )
     parts.append(_ack(cleanup and not script_on_stdin))
     parts.append('exit "$rc"\n')
@@ -219,8 +238,7 @@ def pty_run_command(*, directory: str, method: UserMethod, marker: str, cleanup:
         'printf \'%s user %s\\n\' "$M" "$rc"\n'
         f'if [ "$rc" != 0 ]; then{clean} exit "$rc"; fi\n'
         'mv -f "$d/script.new" "$d/script" || rex_fail upload $?\n'
-        "printf '%s started\\n' \"$M\"\n"
-        + _run_wrapper()
+        + _run_wrapper('REX_MARKER="$M" ')
         + 'printf \'%s exit %s\\n\' "$M" "$rc"\n'
         + _ack(cleanup)
         + 'exit "$rc"\n'
@@ -234,6 +252,12 @@ def reattach_command(*, directory: str, marker: str, cleanup: bool) -> str:
         f"M={shlex.quote(marker)}\n"
         'if [ ! -d "$d" ]; then printf \'%s gone\\n\' "$M" >&2; exit 0; fi\n'
         'pid=$(cat "$d/pid" 2>/dev/null)\n'
+        # A launch still setting up (its shell goes on without the proxy): wait for it.
+        'lp=$(cat "$d/launch" 2>/dev/null)\n'
+        "i=0\n"
+        'while [ -z "$pid" ] && [ -n "$lp" ] && kill -0 "$lp" 2>/dev/null && [ "$i" -lt 300 ]; do\n'
+        '  sleep 0.1; i=$((i + 1)); pid=$(cat "$d/pid" 2>/dev/null)\n'
+        "done\n"
         'if [ -z "$pid" ]; then printf \'%s nopid\\n\' "$M" >&2; exit 0; fi\n'
         "alive=\n"
         'if kill -0 "$pid" 2>/dev/null; then\n'
@@ -258,7 +282,7 @@ def reattach_command(*, directory: str, marker: str, cleanup: bool) -> str:
         "fi\n"
         "rc=\n"
         'if [ -s "$d/exit_code" ]; then read -r rc < "$d/exit_code"; fi\n'
-        'printf \'%s exit %s\\n\' "$M" "${rc:-1}" >&2\n' + _ack(cleanup) + 'exit "${rc:-1}"\n'
+        'printf \'%s exit %s\\n\' "$M" "${rc:-1}"\n' + _ack(cleanup) + 'exit "${rc:-1}"\n'
     )
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +73,11 @@ async def drive(
     resume: bool = False,
     during: Callable[[Result], Awaitable[bool]] | None = None,
     timeout: float = TIMEOUT,
+    stored: bool = True,
 ) -> Result:
     """start (or reattach), refresh until the exit status, close. ``during`` runs after every
-    poll until it returns True."""
+    poll until it returns True. ``stored``: the result is stored, as the dispatcher says once
+    the engine saved it (False: the proxy died before)."""
     result = Result()
     deadline = time.monotonic() + timeout
     if resume:
@@ -86,6 +90,8 @@ async def drive(
             for update in runner.generate_updates().values():
                 result.updates.append((time.monotonic(), update))
             if any(u.exit_status is not None for _, u in result.updates):
+                if stored:
+                    runner.result_stored()
                 return result
             if during is not None and await during(result):
                 during = None
@@ -127,11 +133,13 @@ class Rex:
     ) -> ScriptRunner:
         settings = kw.pop("settings", None)
         published = kw.pop("published_chars", 0)
+        started = kw.pop("started", False)
         return ScriptRunner(
             self.options(script, settings, **kw),
             known_hosts=store or self.store,
             id=id,
             published_chars=published,
+            started=started,
         )
 
     def job_dirs(self) -> list[Path]:
@@ -750,10 +758,67 @@ async def test_reattach_without_anything_published(rex: Rex) -> None:
 
 
 async def test_reattach_when_the_directory_is_gone(rex: Rex) -> None:
-    runner = rex.runner("true")
+    """The proxy had stored that the job started: its result is unknown (never run again)."""
+    runner = rex.runner("true", started=True)
     result = await drive(runner, resume=True)
     assert result.exit_status == "EXCEPTION"
     assert GONE_MESSAGE in result.debug
+
+
+async def test_reattach_to_a_job_that_never_reached_the_host_starts_it(
+    rex: Rex, tmp_path: Path
+) -> None:
+    """The proxy crashed before the launch reached the host (nothing stored says it started):
+    the re-attach starts the job, once."""
+    runs = rex.work_dir / f"runs-{uuid.uuid4().hex}"
+    runner = rex.runner(f"echo ran >> {runs}\necho out\nexit 4\n")
+    result = await drive(runner, resume=True)
+    assert (result.exit_status, result.text()) == (4, "out\n")
+    assert runs.read_text() == "ran\n"
+    assert rex.job_dirs() == []
+    runs.unlink()
+
+
+async def test_reattach_to_a_launch_that_never_ran_the_wrapper_starts_it(rex: Rex) -> None:
+    runs = rex.work_dir / f"runs-{uuid.uuid4().hex}"
+    runner = rex.runner(f"echo ran >> {runs}\n")
+    directory = Path(runner.remote_dir)
+    directory.mkdir()
+    (directory / "output").write_text("")
+    shutil.chown(directory, rex.users.rexuser.name)
+    result = await drive(runner, resume=True)
+    assert result.exit_status == 0
+    assert runs.read_text() == "ran\n"
+    runs.unlink()
+
+
+async def test_a_second_start_of_the_same_job_reattaches(rex: Rex) -> None:
+    """A step re-run after a crash before its first save starts a runner with the same id:
+    it finds the job the first run launched and follows it; the script runs once."""
+    runs = rex.work_dir / f"runs-{uuid.uuid4().hex}"
+    script = f"echo ran >> {runs}\necho one\nsleep 1\necho two\nexit 6\n"
+    first = rex.runner(script)
+    await start_in_a_doomed_process(rex, first, "one\n")
+    again = rex.runner(script, id=first.id)
+    result = await drive(again)
+    assert (result.exit_status, result.text()) == (6, "one\ntwo\n")
+    assert runs.read_text() == "ran\n"
+    assert rex.job_dirs() == []
+    runs.unlink()
+
+
+async def test_the_directory_stays_until_the_result_is_stored(rex: Rex) -> None:
+    """The exit code was seen but the proxy could not store it (it died, the database was
+    down): nothing on the host is removed, and a later re-attach reports the real result."""
+    runner = rex.runner("echo done\nexit 3\n")
+    result = await drive(runner, stored=False)
+    assert result.exit_status == 3
+    (directory,) = rex.job_dirs()
+    assert (directory / "exit_code").read_text() == "3\n"
+    again = rex.runner("", id=runner.id, started=True)
+    result = await drive(again, resume=True)
+    assert (result.exit_status, result.text()) == (3, "done\n")
+    assert rex.job_dirs() == []
 
 
 async def test_many_jobs_at_once(rex: Rex) -> None:

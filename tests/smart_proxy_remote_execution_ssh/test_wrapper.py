@@ -155,9 +155,69 @@ def test_launch_runs_the_script_and_cleans_up_after_the_ack(tmp_path: Path) -> N
     proc = run_launch(command)
     assert proc.returncode == 7
     assert proc.stdout.startswith(f"{marker} started\n")
-    assert proc.stdout == f"{marker} started\nit's {pwd.getpwuid(os.getuid()).pw_name}\n"
-    assert f"{marker} exit 7\n" in proc.stderr
+    # The exit marker follows the output on the same stream: nothing of it can come later.
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert proc.stdout == f"{marker} started\nit's {user}\n{marker} exit 7\n"
     assert not Path(directory).exists()
+
+
+def test_launch_keeps_the_directory_until_the_ack(tmp_path: Path) -> None:
+    """No acknowledgement (the proxy died before it stored the exit code): the directory and
+    the result stay on the host."""
+    directory = Path(remote_dir(str(tmp_path), "job1b"))
+    marker = new_marker()
+    command = launch_command(
+        directory=str(directory), script="#!/bin/sh\nexit 3\n", method=UserMethod(),
+        marker=marker, cleanup=True,
+    )
+    proc = run_launch(command, stdin="")
+    assert proc.returncode == 3
+    assert (directory / "exit_code").read_text() == "3\n"
+
+
+def test_launch_of_an_existing_job_only_says_exists(tmp_path: Path) -> None:
+    """A second launch of the same job (a re-run after a crash) never starts the script."""
+    directory = Path(remote_dir(str(tmp_path), "job1c"))
+    count = tmp_path / "count"
+    script = f"#!/bin/sh\necho x >> {count}\n"
+    for _ in range(2):
+        marker = new_marker()
+        proc = run_launch(
+            launch_command(
+                directory=str(directory), script=script, method=UserMethod(), marker=marker,
+                cleanup=True,
+            ),
+            stdin="",
+        )
+    assert proc.returncode == 0
+    assert f"{marker} exists" in proc.stderr
+    assert f"{marker} started" not in proc.stdout
+    assert count.read_text() == "x\n"
+
+
+def test_launch_replace_removes_a_directory_that_never_started(tmp_path: Path) -> None:
+    directory = Path(remote_dir(str(tmp_path), "job1d"))
+    directory.mkdir()
+    (directory / "output").write_text("")
+    marker = new_marker()
+    proc = run_launch(
+        launch_command(
+            directory=str(directory), script="#!/bin/sh\necho fresh\n", method=UserMethod(),
+            marker=marker, cleanup=True, replace=True,
+        ),
+    )
+    assert proc.stdout == f"{marker} started\nfresh\n{marker} exit 0\n"
+    # With a pid file (the wrapper ran) replace still refuses: the script never runs twice.
+    (directory).mkdir()
+    (directory / "pid").write_text("1\n")
+    marker = new_marker()
+    proc = run_launch(
+        launch_command(
+            directory=str(directory), script="#!/bin/sh\necho again\n", method=UserMethod(),
+            marker=marker, cleanup=True, replace=True,
+        ),
+    )
+    assert f"{marker} exists" in proc.stderr and "again" not in proc.stdout
 
 
 def test_launch_keeps_the_directory_without_cleanup(tmp_path: Path) -> None:
@@ -169,7 +229,7 @@ def test_launch_keeps_the_directory_without_cleanup(tmp_path: Path) -> None:
     )
     proc = run_launch(command, stdin="")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{marker} started\na\nb"
+    assert proc.stdout == f"{marker} started\na\nb{marker} exit 0\n"
     assert (directory / "script").read_text() == script  # byte for byte
     assert (directory / "script").stat().st_mode & 0o777 == 0o500
     assert (directory / "script-wrapper").stat().st_mode & 0o777 == 0o500
@@ -193,7 +253,7 @@ def test_launch_with_script_on_stdin(tmp_path: Path) -> None:
     assert "padding" not in command
     proc = run_launch(command, stdin=script)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{marker} started\nbig\n"
+    assert proc.stdout == f"{marker} started\nbig\n{marker} exit 0\n"
     assert directory.exists()  # no acknowledgement possible: the runner removes it
     assert (directory / "script").read_text() == script
 
@@ -266,8 +326,7 @@ def test_reattach_prints_output_and_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 9
     again = new_marker()
     proc = run_launch(reattach_command(directory=str(directory), marker=again, cleanup=True))
-    assert proc.stdout == f"{again} started\ndone\n"
-    assert f"{again} exit 9" in proc.stderr
+    assert proc.stdout == f"{again} started\ndone\n{again} exit 9\n"
     assert proc.returncode == 9
     assert not directory.exists()
     proc = run_launch(reattach_command(directory=str(directory), marker=again, cleanup=True))
@@ -280,6 +339,24 @@ def test_reattach_without_pid_file(tmp_path: Path) -> None:
     marker = new_marker()
     proc = run_launch(reattach_command(directory=str(directory), marker=marker, cleanup=False))
     assert f"{marker} nopid" in proc.stderr
+
+
+def test_reattach_waits_for_a_launch_still_setting_up(tmp_path: Path) -> None:
+    """The launch shell goes on without the proxy: a re-attach that comes while it still sets
+    the job up waits for the wrapper's pid instead of saying ``nopid``."""
+    directory = tmp_path / "foreman-ssh-cmd-y"
+    directory.mkdir()
+    launcher = subprocess.Popen(
+        ["sh", "-c", f"sleep 0.5; echo 12345 > {directory}/pid; echo 0 > {directory}/exit_code"]
+    )
+    try:
+        (directory / "launch").write_text(f"{launcher.pid}\n")
+        marker = new_marker()
+        proc = run_launch(reattach_command(directory=str(directory), marker=marker, cleanup=False))
+        assert "nopid" not in proc.stderr
+        assert proc.stdout == f"{marker} started\n{marker} exit 0\n"
+    finally:
+        launcher.wait(10)
 
 
 def test_kill_command_stops_the_whole_tree(tmp_path: Path) -> None:
