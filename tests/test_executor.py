@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
-from dynflow import EventRejected, ExecutionRejected
+from dynflow import Action, EventRejected, ExecutionRejected, World
 from tests.support import dummy
 from tests.support.code_workflow import ISSUES, IncomingIssues
 from tests.support.waiting import wait_for
@@ -266,3 +268,124 @@ async def test_named_queue_with_its_own_pool(db_url):
     assert all(p.result == "success" for p in plans)
     assert {p.steps[2].queue for p in plans} == {"slow"}
     assert all(p.actions[1].output["thread"].startswith("dynflow-slow") for p in plans)
+
+
+# ---- found by the engine property tests (tests/reliability/test_engine_properties.py) --------
+STORED_TIMER_DELAY = 1.0
+HOLD = threading.Event()
+
+
+class StoredTimer(Action):
+    """Suspends on a stored planned event; re-entered after a restart it waits for that same
+    event and does not plan another (as an action relying on the stored timer does)."""
+
+    def run(self, event=None):
+        if event is None:
+            if "deliver_at" not in self.output:
+                self.output["deliver_at"] = time.time() + STORED_TIMER_DELAY
+                self.plan_event("tick", STORED_TIMER_DELAY)
+            self.suspend()
+        self.output["woken_by"] = event
+
+
+class Held(Action):
+    def run(self):
+        HOLD.wait(30)  # released by the test
+
+
+class TimerBesideHeld(Action):
+    def plan(self):
+        with self.concurrence():
+            self.plan_action(StoredTimer)
+            self.plan_action(Held)
+
+
+async def test_planned_event_due_during_graceful_stop_survives_it(db_url):
+    """A stored event falling due while the world stops (waiting for a busy step) was rejected
+    and deleted: after the restart the step waited for good. It stays stored for the next
+    world, which delivers it."""
+    HOLD.clear()
+    first = World(db_url, cleaner_interval=None, termination_timeout=30)
+    await first.start()
+    triggered = await first.trigger(TimerBesideHeld)
+    plan = await wait_step_state_of(first, triggered.id, 3, "suspended")
+    await wait_step_state_of(first, triggered.id, 5, "running")
+    deliver_at = plan.actions[2].output["deliver_at"]
+    stopping = asyncio.create_task(first.stop())
+    run = first.executor.runs[triggered.id]
+    assert await wait_for(lambda: _true(run.halting))
+    assert time.time() < deliver_at, "the event fell due before the stop; raise the delay"
+    assert await wait_for(lambda: _true(time.time() > deliver_at + 0.2))  # it fell due
+    HOLD.set()
+    await stopping
+    async with World(db_url, cleaner_interval=None) as second:
+        done = await wait_for(lambda: _stopped(second, triggered.id))
+        assert (done.state, done.result) == ("stopped", "success")
+        assert done.actions[2].output["woken_by"] == "tick"
+
+
+class SkipWhileStopping(Action):
+    """Fails; its rescue (skip) is applied while the world stops."""
+
+    gate: dict = {}
+
+    def run(self):
+        raise RuntimeError("fails")
+
+    def rescue_strategy_for_self(self):
+        self.gate["plan"] = self.execution_plan_id  # the plan's next write waits
+        return "skip"
+
+
+async def test_graceful_stop_during_rescue_parks_the_plan(db_url):
+    """A stop arriving while the skip rescue was being written left the plan ``running`` with
+    its execution lock (halt_after_inflight only parked plans in the run phase; the rescue
+    then restarted the cursor, which does nothing while halting). It is parked ``paused``.
+    The rescue's write is held (a slow database) until the stop is under way."""
+    SkipWhileStopping.gate.clear()
+    released = asyncio.Event()
+    first = World(db_url, cleaner_interval=None, termination_timeout=10)
+    await first.start()
+    write = first.store.write
+
+    async def slow_write(resource, stmts):
+        if resource == SkipWhileStopping.gate.get("plan") and not released.is_set():
+            await released.wait()
+        return await write(resource, stmts)
+
+    first.store.write = slow_write
+    triggered = await first.trigger(SkipWhileStopping)
+    assert await wait_for(lambda: _true("plan" in SkipWhileStopping.gate))
+    run = first.executor.runs[triggered.id]
+    stopping = asyncio.create_task(first.stop())
+    assert await wait_for(lambda: _true(run.halting))
+    released.set()
+    await stopping
+    async with World(
+        db_url, cleaner_interval=None, auto_recover=False, auto_execute=False
+    ) as reader:
+        parked = await reader.load_plan(triggered.id)
+        assert parked.state == "paused", parked
+        assert parked.execution_history[-1]["name"] == "terminate execution"
+        assert parked.steps[2].state == "skipping"
+    async with World(db_url, cleaner_interval=None) as second:
+        done = await wait_for(lambda: _stopped(second, triggered.id))
+        assert (done.state, done.result) == ("stopped", "warning")
+        assert done.steps[2].state == "skipped"
+
+
+async def _true(value):
+    return value
+
+
+async def _stopped(world, plan_id):
+    plan = await world.load_plan(plan_id)
+    return plan if plan is not None and plan.state == "stopped" else None
+
+
+async def wait_step_state_of(world, plan_id, step_id, state):
+    async def reached():
+        plan = await world.load_plan(plan_id)
+        return plan if plan.steps[step_id].state == state else None
+
+    return await wait_for(reached)

@@ -12,7 +12,7 @@ from typing import Any
 
 from dynflow import Action, World
 from tests.support import dummy
-from tests.support.waiting import wait_plan_state, wait_step_state
+from tests.support.waiting import wait_for, wait_plan_state, wait_step_state
 
 
 class Blocking(Action):
@@ -174,3 +174,97 @@ async def test_rerun_on_recovery_runs_the_running_step_again(db_url):
     finally:
         RerunsAfterCrash.blocking = True
         await second.stop()
+
+
+class WaitsForLongTimer(Action):
+    """Suspends on a stored planned event due in an hour."""
+
+    def run(self, event: Any = None) -> None:
+        if event is None:
+            self.plan_event("tick", 3600)
+            self.suspend()
+
+
+class FailsOnCrash(Action):
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def rescue_strategy_for_self(self) -> str:
+        return "fail"
+
+
+class TimerAndFailOnCrash(Action):
+    def plan(self) -> None:
+        with self.concurrence():
+            self.plan_action(WaitsForLongTimer)
+            self.plan_action(FailsOnCrash)
+
+
+async def test_plan_stopped_by_recovery_keeps_no_planned_events(db_url):
+    """Found by the engine property tests: a plan the recovery stopped (rescue strategy
+    "fail") kept its stored planned events for good; every other way of stopping a plan deletes
+    them."""
+    first = World(db_url, **options())
+    await first.start()
+    triggered = await first.trigger(TimerAndFailOnCrash)
+    await wait_step_state(first, triggered.id, 3, "suspended")
+    await wait_step_state(first, triggered.id, 5, "running")
+    assert len(await first.store.planned_events_of(triggered.id)) == 1
+    await abandon(first)
+
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        plan = await second.load_plan(triggered.id)
+        assert (plan.state, plan.result) == ("stopped", "error")
+        assert await second.store.planned_events_of(triggered.id) == []
+    finally:
+        await second.stop()
+
+
+class FinalizeFailsThenCrash(Action):
+    """Its finalize fails at the first attempt; the world dies right then, before the rescue
+    (skip) is stored: to hit that moment for sure, the rescue strategy abandons the world."""
+
+    attempts: list[int] = []
+    crashes: list[asyncio.Task[None]] = []
+
+    def run(self) -> None:
+        self.output["ran"] = True
+
+    def finalize(self) -> None:
+        type(self).attempts.append(1)
+        if len(type(self).attempts) == 1:
+            raise RuntimeError("finalize failed")
+
+    def rescue_strategy_for_self(self) -> str:
+        if not type(self).crashes and self.world is not None:
+            type(self).crashes.append(asyncio.get_running_loop().create_task(abandon(self.world)))
+        return "skip"
+
+
+async def test_recovery_skip_rescue_skips_a_failed_finalize_step(db_url):
+    """Found by the engine property tests: the skip rescue applied by the recovery only skipped
+    failed run steps; a failed finalize step ran again although the strategy said skip. Like
+    the executor's rescue (spec §1.6: failed steps are marked for skipping; a finalize step
+    becomes skipped), it is skipped and the plan ends warning."""
+    FinalizeFailsThenCrash.attempts.clear()
+    FinalizeFailsThenCrash.crashes.clear()
+    first = World(db_url, **options())
+    await first.start()
+    triggered = await first.trigger(FinalizeFailsThenCrash)
+    await wait_for(lambda: _done(FinalizeFailsThenCrash.crashes))
+
+    second = World(db_url, **options())
+    await second.start()
+    try:
+        plan = await wait_plan_state(second, triggered.id)
+        assert (plan.state, plan.result) == ("stopped", "warning")
+        assert plan.steps[3].state == "skipped"
+        assert FinalizeFailsThenCrash.attempts == [1]
+    finally:
+        await second.stop()
+
+
+async def _done(tasks: list[asyncio.Task[None]]) -> bool:
+    return bool(tasks) and all(t.done() for t in tasks)

@@ -279,6 +279,9 @@ class Action:
         self._chunks: list[dict[str, Any]] = []
         self._drop_chunks = False
         self._progress: float | None = None
+        # change_stored_input: applied when the run step is saved, then written with it.
+        self._input_changes: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+        self._input_changed = False
 
     # ---- plan phase -----------------------------------------------------------------------
     def plan(self, *args: Any, **kwargs: Any) -> None:
@@ -416,6 +419,15 @@ class Action:
         step is saved: e.g. once their content is aggregated into the output."""
         self._chunks = []
         self._drop_chunks = True
+
+    def change_stored_input(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Rewrite this action's stored input when the current run step is saved, in the same
+        transaction as its output: ``change`` gets the stored input (output references not
+        resolved) and returns the new one. For forgetting what the action no longer needs, e.g.
+        the passwords of a job once its exit status is stored. ``self.input`` keeps its value
+        until the run returns; later runs and loads see the new input."""
+        self._require_phase("run")
+        self._input_changes.append(change)
 
     def run_progress(self) -> float:
         return 0.5

@@ -303,8 +303,27 @@ class PlanRun:
             action._output = {"not_serializable": True}
             step.state = "error"
             step.error = plain_error(f"output of {action.name()} is not serialisable: {exc}")
+        if action._input_changes:
+            self._change_input(step, action)
         action.state = step.state
         _record_progress(step, action.run_progress, action.run_progress_weight)
+
+    @staticmethod
+    def _change_input(step: Step, action: Action) -> None:
+        """Apply the run's ``change_stored_input`` requests; the step's save writes the
+        result (same transaction as the output)."""
+        changes, action._input_changes = action._input_changes, []
+        try:
+            changed = action.input
+            for change in changes:
+                changed = change(changed)
+            dumps(changed)
+        except Exception as exc:  # noqa: BLE001 - a broken change fails the step, not the engine
+            step.state = "error"
+            step.error = plain_error(f"changing the input of {action.name()} failed: {exc}")
+            return
+        action.input = changed
+        action._input_changed = True
 
     def _output_of(self, action_id: int) -> dict[str, Any]:
         action = self.plan.actions.get(action_id)
@@ -362,6 +381,8 @@ class PlanRun:
             try:
                 self.deliver(step_id, event, None, event_id, optional)
             except EventRejected as exc:
+                if self._parking():
+                    return  # stays stored: the next start of the plan delivers it
                 if not optional:
                     log.info("planned event for %s:%s dropped: %s", self.plan.id, step_id, exc)
                 self.executor.spawn(
@@ -399,6 +420,9 @@ class PlanRun:
         stmts = [*extra, self.store.update_step_stmt(step)]
         if isinstance(step, RunStep):
             stmts.append(self.store.update_action_stmt(action))
+            if action._input_changed:
+                action._input_changed = False
+                stmts.append(self.store.update_action_input_stmt(action))
         if action._drop_chunks:
             action._drop_chunks = False
             stmts.append(self.store.delete_chunks_stmt(self.plan.id, action.id))
@@ -424,7 +448,7 @@ class PlanRun:
             pending = queue.popleft()
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(EventRejected("Message dropped"))
-            if pending.event_id is not None:
+            if pending.event_id is not None and not self._parking():
                 self.executor.spawn(
                     self.store.write(
                         self.plan.id, [self.store.delete_event_stmt(pending.event_id)]
@@ -644,13 +668,23 @@ class PlanRun:
                 await asyncio.sleep(0.01)
         return await asyncio.shield(self.future)
 
+    def _parking(self) -> bool:
+        """A graceful shutdown is parking the plan: its stored events are kept for the next
+        start (a halt, which stops the plan for good, deletes them)."""
+        return self.halting and not self.halted
+
     async def halt_after_inflight(self) -> None:
-        """Graceful shutdown: let executing steps finish, then park the plan as paused."""
+        """Graceful shutdown: let executing steps finish, then park the plan as paused.
+
+        A plan ending its run phase, finalizing or being rescued finishes that first; if the
+        rescue (skip) brings it back to the run phase, it is parked then.
+        """
         self.halting = True
-        while any(o == "busy" for o in self.outcome.values()) and self.phase == "run":
+        while self.phase != "done" and not self.future.done():
+            if self.phase == "run" and not any(o == "busy" for o in self.outcome.values()):
+                await self._end("paused", history="terminate execution")
+                return
             await asyncio.sleep(0.01)
-        if self.phase in ("run",):
-            await self._end("paused", history="terminate execution")
 
 
 class Executor:
@@ -694,9 +728,12 @@ class Executor:
     async def shutdown(self, timeout: float) -> None:
         runs = list(self.runs.values())
         if runs:
-            await asyncio.wait(
-                [asyncio.ensure_future(r.halt_after_inflight()) for r in runs], timeout=timeout
-            )
+            halts = [asyncio.ensure_future(r.halt_after_inflight()) for r in runs]
+            _done, late = await asyncio.wait(halts, timeout=timeout)
+            for halt in late:  # a step that could not end in time (the database is down...)
+                halt.cancel()
+            if late:
+                await asyncio.wait(late)
         deadline = time.monotonic() + timeout
         while self._tasks and time.monotonic() < deadline:
             await asyncio.wait(list(self._tasks), timeout=max(0.01, deadline - time.monotonic()))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import locks
 from .errors import DynflowError, PlanUnreadable
 from .executor import EXECUTION_LOCK
-from .step import RunStep, plain_error
+from .step import FinalizeStep, RunStep, plain_error
 
 if TYPE_CHECKING:
     from .world import World
@@ -114,11 +114,19 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
                 if isinstance(step, RunStep):
                     step.set_state("skipping")
                     stmts.append(store.update_step_stmt(step))
+                elif isinstance(step, FinalizeStep):  # as the executor's rescue does (§1.6)
+                    step.set_state("skipped")
+                    stmts.append(store.update_step_stmt(step))
             await store.write(plan.id, stmts)
         elif strategy == "fail":
             plan.set_state("stopped", world_id=world.id)
             await store.write(
-                plan.id, [store.update_plan_stmt(plan), *locks.end_stmts(store, plan, "stopped")]
+                plan.id,
+                [
+                    store.update_plan_stmt(plan),
+                    store.delete_plan_events_stmt(plan.id),  # a stopped plan waits for nothing
+                    *locks.end_stmts(store, plan, "stopped"),
+                ],
             )
             await world.run_hooks(plan, "stopped")
             return

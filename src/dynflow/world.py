@@ -34,6 +34,7 @@ from .middleware import (
     resolve,
     rules_of,
 )
+from .persistence.health import StoreFailure, StoreUnavailable, impatient, store_failure_cause
 from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
 
@@ -175,7 +176,16 @@ class World:
                 pass
         await self.delayed_executor.release()
         await self.executor.shutdown(self.config.termination_timeout)
-        await self.store.release_lock(WORLD_RECORD, self.id)
+        try:
+            with impatient():  # a database that is down must not hold the stop forever
+                await self.store.release_lock(WORLD_RECORD, self.id)
+        except StoreUnavailable as exc:
+            log.warning(
+                "world %s stopped without removing its record (the database cannot be used: "
+                "%s); the next start or another world invalidates it",
+                self.id,
+                exc.cause,
+            )
         await self.store.close()
         self._started = False
         log.info("world %s stopped", self.id)
@@ -203,8 +213,9 @@ class World:
                     [self.store.update_record_stmt(WORLD_RECORD, self.id, self._record())],
                 )
                 await halt.check_inhibitions(self)  # plans other worlds asked to halt
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed")
+            except Exception as exc:  # noqa: BLE001
+                if store_failure_cause(exc) is None:  # a store outage is logged once, by it
+                    log.exception("heartbeat failed")
 
     # ---- middleware and hooks ----------------------------------------------------------------
     def middleware_for(self, cls: type[Action]) -> list[Middleware]:
@@ -674,6 +685,21 @@ class World:
 
     def execution_status(self) -> dict[str, dict[str, int]]:
         return self.executor.status()
+
+    def store_failure(self) -> StoreFailure | None:
+        """Why the database cannot be used now (cause and since when), None while it works.
+
+        Set by a failed write or by :meth:`report_store_failure`, cleared by the next commit.
+        """
+        return self.store.health.failure
+
+    def report_store_failure(self, exc: BaseException) -> str | None:
+        """The cause when ``exc`` says the database cannot be used (recorded in
+        :meth:`store_failure`, logged once per outage), None for any other error."""
+        cause = store_failure_cause(exc)
+        if cause is not None:
+            self.store.health.failed(cause)
+        return cause
 
     def is_running(self, plan_id: str) -> bool:
         return plan_id in self.executor.runs

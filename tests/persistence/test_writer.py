@@ -59,3 +59,65 @@ def test_schedule_keeps_order_per_resource_and_folds_across():
         (False, [2, 4]),
         (True, [5]),
     ]
+
+
+@pytest.mark.postgresql
+async def test_a_request_write_queued_behind_a_stalled_batch_is_refused_at_once():
+    """During an outage the writer retries its batch for the engine; a request's (impatient)
+    write that was queued behind that batch, before the outage was known, is refused with
+    StoreUnavailable instead of waiting for the database (the API answers 503)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from dynflow.persistence.health import StoreUnavailable, impatient
+    from dynflow.persistence.writer import Writer
+    from tests.conftest import PG_PORT
+    from tests.support.tcp_forward import TcpForwarder
+
+    forwarder = TcpForwarder(PG_PORT)
+    await forwarder.restore()
+    engine = create_async_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{forwarder.port}/postgres"
+    )
+    writer = Writer(engine, max_batch=1)  # one write per batch: the request's waits behind
+    await writer.start()
+    try:
+        assert await writer.write(Write("a", [Stmt(text("SELECT 1"), {})]))
+        await forwarder.cut()
+        engine_write = asyncio.ensure_future(writer.write(Write("a", [Stmt(text("SELECT 1"), {})])))
+
+        async def request_write() -> bool:
+            with impatient():
+                return await writer.write(Write("b", [Stmt(text("SELECT 2"), {})]))
+
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(request_write(), timeout=10)
+        assert not engine_write.done()  # the engine's write waits for the database
+        await forwarder.restore()
+        assert await asyncio.wait_for(engine_write, timeout=20)
+    finally:
+        await forwarder.cut()
+        await writer.close()
+        await engine.dispose()
+
+
+@pytest.mark.postgresql
+async def test_a_world_stops_while_the_database_is_down():
+    """Stopping during an outage ends (the world's record is left for the next start to
+    invalidate) instead of waiting for the database forever."""
+    from dynflow import World
+    from tests.conftest import PG_PORT
+    from tests.support.tcp_forward import TcpForwarder
+
+    forwarder = TcpForwarder(PG_PORT)
+    await forwarder.restore()
+    world = World(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{forwarder.port}/postgres",
+        termination_timeout=1.0,
+    )
+    await world.start()
+    try:
+        await forwarder.cut()
+        await asyncio.wait_for(world.stop(), timeout=15)
+    finally:
+        await forwarder.cut()

@@ -1,14 +1,17 @@
 """The store: SQLAlchemy (async) on SQLite or PostgreSQL, migrated at start, group-committed.
 
-Reads use the connection pool; every write goes through the ``Writer`` so that concurrent plans
-share transactions. Nothing here reads a row before writing it, and changing one step writes one
-step row.
+Reads use the connection pool (while the database cannot be reached they wait for a connection,
+except inside ``health.impatient()``); every write goes through the ``Writer`` so that
+concurrent plans share transactions. Nothing here reads a row before writing it, and changing
+one step writes one step row. A SQLite database file (and its WAL) is owner-only:
+:func:`prepare_sqlite_file`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -39,6 +42,7 @@ from ..execution_plan import ExecutionPlan
 from ..serialization import dumps, loads, parse_time
 from ..step import STEP_CLASSES, Step
 from .delayed import DelayedStore
+from .health import StoreHealth, StoreUnavailable, is_impatient, store_failure_cause
 from .schema import (
     actions,
     coordinator_records,
@@ -48,7 +52,7 @@ from .schema import (
     planned_events,
     steps,
 )
-from .writer import Stmt, Write, Writer
+from .writer import RETRY_FIRST, RETRY_MAX, Stmt, Write, Writer
 
 log = logging.getLogger("dynflow.persistence")
 
@@ -107,6 +111,11 @@ UPDATE_ACTION = (
     update(actions)
     .where(actions.c.execution_plan_uuid == bindparam("b_uuid"), actions.c.id == bindparam("b_id"))
     .values(output=bindparam("output"))
+)
+UPDATE_ACTION_INPUT = (
+    update(actions)
+    .where(actions.c.execution_plan_uuid == bindparam("b_uuid"), actions.c.id == bindparam("b_id"))
+    .values(input=bindparam("input"))
 )
 DELETE_EVENT = delete(planned_events).where(planned_events.c.id == bindparam("b_id"))
 DELETE_PLAN_EVENTS = delete(planned_events).where(
@@ -227,6 +236,51 @@ def _unreadable(plan_id: str, part: str, exc: BaseException) -> PlanUnreadable:
         f"decode ({type(exc).__name__}: {exc})"
     )
 
+SQLITE_FILE_MODE = 0o600
+SQLITE_DIR_MODE = 0o700
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Make the SQLite database file owner-only before SQLite opens it.
+
+    A missing directory is created ``0700`` (its missing parents with the default mode); a
+    directory that exists is left as it is (the admin's, e.g. ``/var/lib/foreman-proxy``). The
+    file is created ``0600`` (``O_EXCL``, then ``fchmod``: whatever the umask), and an existing
+    database file and its ``-wal``/``-shm``/``-journal`` are set to ``0600``; SQLite creates
+    its side files with the database file's mode. A file the service may not change (another
+    owner) is logged, not fatal.
+    """
+    directory = path.parent
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=SQLITE_DIR_MODE)
+        except FileExistsError:  # created by a concurrent start
+            pass
+        else:
+            os.chmod(directory, SQLITE_DIR_MODE)  # the umask may have taken bits away
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, SQLITE_FILE_MODE)
+        finally:
+            os.close(fd)
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
+        try:
+            mode = name.stat().st_mode & 0o777
+            if mode != SQLITE_FILE_MODE:
+                os.chmod(name, SQLITE_FILE_MODE)
+                log.info("%s was mode %04o, now %04o", name, mode, SQLITE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s owner-only (mode 0600): %s", name, exc)
+
+
 class Store:
     """Persistence of plans, steps, actions, output chunks, planned events and locks."""
 
@@ -238,7 +292,8 @@ class Store:
         # An in-memory database is one shared connection: readers must not interleave with (and
         # roll back) the writer's open transaction, so both take turns on this lock.
         self._shared_lock: asyncio.Lock | None = asyncio.Lock() if self.memory else None
-        self.writer = Writer(self.engine, lock=self._shared_lock)
+        self.health = StoreHealth()  # the database's failure, if any (logged once per outage)
+        self.writer = Writer(self.engine, lock=self._shared_lock, health=self.health)
         self._insert_ignore = self._make_insert_ignore()
         # Bumped after every committed write of a resource (a plan id): readers that cache
         # what they loaded compare versions instead of reading again.
@@ -256,7 +311,7 @@ class Store:
                 kwargs["poolclass"] = StaticPool
                 kwargs["connect_args"] = {"check_same_thread": False}
             else:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                prepare_sqlite_file(Path(database))
                 kwargs["pool_size"] = pool_size
         else:
             kwargs["pool_size"] = pool_size
@@ -290,11 +345,38 @@ class Store:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         if self._shared_lock is None:
-            async with self.engine.connect() as conn:
+            conn = await self._connect_patiently()
+            try:
                 yield conn
+            finally:
+                await conn.close()
             return
         async with self._shared_lock, self.engine.connect() as conn:
             yield conn
+
+    async def _connect_patiently(self) -> AsyncConnection:
+        """A pooled connection for a read. While the database cannot be reached the engine's
+        reads wait for it (back-off as the writer's), so a plan pauses instead of failing;
+        a request's read (inside ``impatient()``) raises ``StoreUnavailable`` at once."""
+        delay = RETRY_FIRST
+        waited = False
+        while True:
+            try:
+                conn = await self.engine.connect()
+            except Exception as exc:
+                cause = store_failure_cause(exc)
+                if cause is None:
+                    raise
+                self.health.failed(cause, "read")
+                if is_impatient() or self.writer.closing:
+                    raise StoreUnavailable(cause) from exc
+                waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if waited:
+                self.health.ok()  # this read saw the outage end
+            return conn
 
     @property
     def memory(self) -> bool:
@@ -369,6 +451,18 @@ class Store:
                 "b_uuid": action.execution_plan_id,
                 "b_id": action.id,
                 "output": dumps(action._output),
+            },
+        )
+
+    @staticmethod
+    def update_action_input_stmt(action: Action) -> Stmt:
+        """Store the action's (changed) input: :meth:`Action.change_stored_input`."""
+        return Stmt(
+            UPDATE_ACTION_INPUT,
+            {
+                "b_uuid": action.execution_plan_id,
+                "b_id": action.id,
+                "input": dumps(action.input),
             },
         )
 

@@ -6,18 +6,41 @@ those of one resource keep their order, folds equal statements of different reso
 ``executemany``, and commits once. A *guard* statement (an optimistic ``UPDATE ... WHERE state
 IN (...)`` or an ``INSERT ... ON CONFLICT DO NOTHING`` claim) must touch a row; if it does not,
 the rest of its write is skipped and the caller learns it lost the race.
+
+Every commit and every failed write is reported to the store's
+:class:`~dynflow.persistence.health.StoreHealth`: a database that cannot be written is logged
+once (ERROR), not once per write.
+
+**An outage is waited out.** When a batch fails because the database cannot be used (PostgreSQL
+restarting, a connection cut, the SQLite disk full: ``store_failure_cause``), its writes are not
+failed: the writer opens a new connection and retries the batch (back-off from
+:data:`RETRY_FIRST` to :data:`RETRY_MAX` seconds) until it commits, and the writes queued behind
+it follow in order. So the engine's plans pause during an outage and go on afterwards, their
+memory and the database never parted (failing those writes used to fail the steps "in the
+engine" and leave their plans stuck). Only a write made inside
+:func:`~dynflow.persistence.health.impatient` (a request, which can be answered 503) is refused
+with :class:`~dynflow.persistence.health.StoreUnavailable` instead, at once while a retried
+batch is waiting. Closing the writer during an outage refuses what is still waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .health import StoreHealth, StoreUnavailable, is_impatient, store_failure_cause
+
 log = logging.getLogger("dynflow.persistence")
+
+RETRY_FIRST = 0.05
+"""Seconds before the first retry of a batch the database could not take (doubling)."""
+RETRY_MAX = 2.0
+"""The longest wait between two retries: how late a database that is back is noticed."""
 
 
 class Stmt:
@@ -30,13 +53,14 @@ class Stmt:
 
 
 class Write:
-    __slots__ = ("resource", "stmts", "future", "failed")
+    __slots__ = ("resource", "stmts", "future", "failed", "patient")
 
     def __init__(self, resource: str, stmts: Sequence[Stmt]) -> None:
         self.resource = resource
         self.stmts = list(stmts)
         self.future: asyncio.Future[bool] | None = None
         self.failed = False
+        self.patient = True  # waits out an outage of the database (see the module doc)
 
 
 class _Group:
@@ -69,9 +93,14 @@ def schedule(writes: Sequence[Write]) -> list[_Group]:
 
 class Writer:
     def __init__(
-        self, engine: AsyncEngine, max_batch: int = 2000, lock: asyncio.Lock | None = None
+        self,
+        engine: AsyncEngine,
+        max_batch: int = 2000,
+        lock: asyncio.Lock | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.engine = engine
+        self.health = health or StoreHealth()
         self.lock = lock
         self.max_batch = max_batch
         self.transactions = 0
@@ -81,23 +110,37 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None
         self._closing = False
+        self._closed = asyncio.Event()  # set by close(): cuts a retry's wait short
+        self.stalled: str | None = None
+        """The cause while a batch waits for the database to work again, else None."""
 
     async def start(self) -> None:
         self._conn = await self.engine.connect()
         self._task = asyncio.create_task(self._loop(), name="dynflow-writer")
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def close(self) -> None:
         self._closing = True
+        self._closed.set()
         self._wakeup.set()
         if self._task is not None:
             await self._task
         if self._conn is not None:
-            await self._conn.close()
+            try:
+                await self._conn.close()
+            except Exception as exc:  # noqa: BLE001 - a connection the outage cut
+                log.debug("closing the writer's connection failed: %s", exc)
 
     async def write(self, write: Write) -> bool:
         """Queue ``write`` and wait until it is committed; False if one of its guards failed."""
         if self._closing:
             raise RuntimeError("the store is closed")
+        write.patient = not is_impatient()
+        if not write.patient and self.stalled is not None:
+            raise StoreUnavailable(self.stalled)
         write.future = asyncio.get_running_loop().create_future()
         self._queue.append(write)
         self._wakeup.set()
@@ -110,12 +153,72 @@ class Writer:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-                await self._commit(batch)
+                await self._commit_patiently(batch)
             if self._closing and not self._queue:
                 return
 
-    async def _commit(self, batch: list[Write]) -> None:
-        assert self._conn is not None
+    async def _commit_patiently(self, batch: list[Write]) -> None:
+        """Commit ``batch``; while the database cannot be used, refuse its impatient writes
+        and retry the others (see the module doc)."""
+        delay = RETRY_FIRST
+        while True:
+            cause = await self._commit(batch)
+            if cause is None:
+                self.stalled = None
+                return
+            waiting = []
+            for write in batch:
+                if write.future is None or write.future.done():
+                    continue
+                if write.patient and not self._closing:
+                    write.failed = False
+                    waiting.append(write)
+                elif not write.future.done():
+                    write.future.set_exception(StoreUnavailable(cause))
+            if not waiting:
+                self.stalled = None
+                return
+            self.stalled = cause
+            self._refuse_impatient(cause)
+            batch = waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+            delay = min(delay * 2, RETRY_MAX)
+            await self._reconnect()
+
+    def _refuse_impatient(self, cause: str) -> None:
+        """Refuse the impatient writes queued behind a batch that waits for the database
+        (queued before the outage was known): their requests are answered 503 now."""
+        kept = []
+        for write in self._queue:
+            if write.patient:
+                kept.append(write)
+            elif write.future is not None and not write.future.done():
+                write.future.set_exception(StoreUnavailable(cause))
+        self._queue[:] = kept
+
+    async def _reconnect(self) -> None:
+        """A new connection for the writer (the old one may be dead after an outage); a
+        failure to connect is left to the next attempt."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            try:
+                await old.close()
+            except Exception as exc:  # noqa: BLE001 - it is dead, that is why we are here
+                log.debug("closing the writer's old connection failed: %s", exc)
+        try:
+            self._conn = await self.engine.connect()
+        except Exception as exc:  # noqa: BLE001 - reported by the next attempt
+            cause = store_failure_cause(exc)
+            if cause is None:
+                raise
+            self.health.failed(cause, "writer connection")
+
+    async def _commit(self, batch: list[Write]) -> str | None:
+        """One attempt; returns the cause when the database could not be used (the writes
+        not yet answered are then left for a retry), else None."""
+        if self._conn is None:
+            return self.health.failure.cause if self.health.failure else "no connection"
         try:
             try:
                 await self._apply(batch, exact=False)
@@ -124,23 +227,43 @@ class Writer:
                     write.failed = False
                 await self._apply(batch, exact=True)
         except Exception as exc:  # noqa: BLE001 - isolate the write that broke the batch
+            cause = store_failure_cause(exc)
+            if cause is not None:
+                self.health.failed(cause, f"write to {batch[0].resource}")
+                return cause
             if len(batch) == 1:
-                _fail(batch[0], exc)
-                return
+                self._fail(batch[0], exc)
+                return None
             log.debug("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
             for write in batch:
                 write.failed = False
                 try:
                     await self._apply([write], exact=True)
                 except Exception as single_exc:  # noqa: BLE001
-                    _fail(write, single_exc)
+                    single_cause = store_failure_cause(single_exc)
+                    if single_cause is not None:
+                        self.health.failed(single_cause, f"write to {write.resource}")
+                        return single_cause  # the rest waits for the database
+                    self._fail(write, single_exc)
                 else:
+                    self.health.ok()
                     if write.future is not None and not write.future.done():
                         write.future.set_result(not write.failed)
-            return
+            return None
+        self.health.ok()
         for write in batch:
             if write.future is not None and not write.future.done():
                 write.future.set_result(not write.failed)
+        return None
+
+    def _fail(self, write: Write, exc: BaseException) -> None:
+        cause = store_failure_cause(exc)
+        if cause is not None:
+            self.health.failed(cause, f"write to {write.resource}")
+        else:
+            log.error("write to %s failed: %s", write.resource, exc)
+        if write.future is not None and not write.future.done():
+            write.future.set_exception(exc)
 
     async def _apply(self, batch: list[Write], exact: bool) -> None:
         """Run a batch in one transaction.
@@ -197,8 +320,3 @@ class Writer:
 class _GuardConflict(Exception):
     """A folded guard statement touched fewer rows than it had writes."""
 
-
-def _fail(write: Write, exc: BaseException) -> None:
-    log.error("write to %s failed: %s", write.resource, exc)
-    if write.future is not None and not write.future.done():
-        write.future.set_exception(exc)
