@@ -9,8 +9,9 @@ Two checks, combined by :meth:`Authorizer.authorize_any` for Foreman-facing endp
   against ``ssl_ca_file``); plain HTTP passes.
 
 Whether a request is HTTPS comes from the connection, not from headers. Every refusal is a 403
-with a JSON ``{"error": ...}`` body and an ERROR log line. DNS lookups use the event loop's
-resolver (a bounded thread pool), never blocking the loop.
+with a JSON ``{"error": ...}`` body and an ERROR log line; :meth:`Authorizer.refusal` gives the
+reason alone (the console answers with its HTML page, with the same checks). DNS lookups use the
+event loop's resolver (a bounded thread pool), never blocking the loop.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ class Authorizer:
         forward_verify: bool = True,
         *,
         dns_timeout: float = 10.0,
+        setting_hint: str = ":trusted_hosts: in settings.yml",
     ) -> None:
         self.trusted = None if trusted_hosts is None else {h.lower() for h in trusted_hosts}
+        # Where a refused client's admin looks ("Check <setting_hint>").
+        self.setting_hint = setting_hint
         self.forward_verify = forward_verify
         self.dns_timeout = dns_timeout
 
@@ -59,36 +63,48 @@ class Authorizer:
         """Trusted hosts, then the client certificate (``do_authorize_any``)."""
         return await self.trusted_hosts(request) or await self.ssl_client(request)
 
+    async def refusal(self, request: Request) -> str | None:
+        """Why :meth:`authorize_any` refuses this request (None: allowed), without answering
+        or logging: for callers that answer in their own format (the console's HTML page)."""
+        return await self._trusted_refusal(request) or self._ssl_refusal(request)
+
     async def ssl_client(self, request: Request) -> Response | None:
-        if is_https(request.scope) and client_certificate(request.scope) is None:
-            return deny(request, "No client SSL certificate supplied")
-        return None
+        message = self._ssl_refusal(request)
+        return None if message is None else deny(request, message)
 
     async def trusted_hosts(self, request: Request) -> Response | None:
+        message = await self._trusted_refusal(request)
+        return None if message is None else deny(request, message)
+
+    def _ssl_refusal(self, request: Request) -> str | None:
+        if is_https(request.scope) and client_certificate(request.scope) is None:
+            return "No client SSL certificate supplied"
+        return None
+
+    async def _trusted_refusal(self, request: Request) -> str | None:
         if self.trusted is None:
             return None
         if is_https(request.scope):
             cert = client_certificate(request.scope)
             if cert is None:
-                return deny(request, "No client SSL certificate supplied")
+                return "No client SSL certificate supplied"
             if not cert.subject_cn:
-                return deny(request, "Client SSL certificate has no CN")
+                return "Client SSL certificate has no CN"
             fqdn = cert.subject_cn.lower()
         else:
             peer = request.client.host if request.client else None
             if not peer:
-                return deny(request, "Unable to determine the client address")
+                return "Unable to determine the client address"
             try:
                 fqdn = (await self.reverse_name(peer)).lower()
             except (OSError, TimeoutError) as exc:
-                return deny(request, f"Unable to resolve hostname for connection {peer}: {exc}")
+                return f"Unable to resolve hostname for connection {peer}: {exc}"
             if self.forward_verify and not await self.resolves_to(fqdn, peer):
-                return deny(request, f"Untrusted client {fqdn} has no matching forward DNS lookup")
+                return f"Untrusted client {fqdn} has no matching forward DNS lookup"
         if fqdn not in self.trusted:
-            return deny(
-                request,
+            return (
                 f"Untrusted client {fqdn} attempted to access {request.url.path}. "
-                "Check :trusted_hosts: in settings.yml",
+                f"Check {self.setting_hint}"
             )
         return None
 

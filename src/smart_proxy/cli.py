@@ -153,6 +153,8 @@ async def run(
             shutdown=stop,
             lifespan="off",
             server_header=f"foreman-proxy/{VERSION}",
+            header_timeout=settings.http_header_timeout,
+            body_timeout=settings.http_body_timeout,
         )
     finally:
         systemd.notify("STOPPING=1")

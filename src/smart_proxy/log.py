@@ -564,7 +564,7 @@ def _body_for_log(body: bytes, content_type: str, limit: int) -> str:
     if "json" in content_type:
         try:
             text = json.dumps(redact(json.loads(text)))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to walk
             text = redact_text(text)
     else:
         text = redact_text(text)
@@ -575,6 +575,10 @@ def _body_for_log(body: bytes, content_type: str, limit: int) -> str:
 
 class RequestLogMiddleware:
     """Pure ASGI middleware: request id, request/response log lines, 500 instead of a crash.
+
+    A client that goes away before the answer (it disconnected mid-upload, or the listener
+    closed it for sending its body too slowly) is one INFO line, without a traceback, and the
+    request is logged as finished with "client disconnected", never as a 500.
 
     The request id comes from ``X-Request-Id`` (sanitised) or is a fresh uuid4 hex; it is set in
     :data:`request_id` for the whole request (so every log line of the request carries it),
@@ -622,13 +626,21 @@ class RequestLogMiddleware:
 
         started = time.perf_counter()
         status: int | None = None
+        gone = False  # the client disconnected before the response started
         body_parts: list[bytes] = []
         body_size = 0
         rid_header = rid.encode("latin-1")
 
+        async def watching_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and status is None:
+                gone = True
+            return message
+
         async def logging_receive() -> Message:
             nonlocal body_size
-            message = await receive()
+            message = await watching_receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 if chunk and body_size <= self.max_body_log * 4:
@@ -643,7 +655,7 @@ class RequestLogMiddleware:
 
         async def id_send(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not gone:
                 status = int(message["status"])
                 response_headers = list(message.get("headers") or [])
                 if not any(k.lower() == b"x-request-id" for k, _ in response_headers):
@@ -652,8 +664,17 @@ class RequestLogMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, logging_receive if debug else receive, id_send)
-        except Exception:
+            await self.app(scope, logging_receive if debug else watching_receive, id_send)
+        except Exception as exc:
+            if gone or type(exc).__name__ == "ClientDisconnect":
+                gone = True
+                logger.info(
+                    "The client went away during %s %s (request %s): nothing was answered",
+                    method,
+                    path,
+                    rid,
+                )
+                return
             logger.exception("Error processing %s %s (request %s)", method, path, rid)
             if status is None:
                 body = json.dumps({"error": f"Internal error, see the log (request {rid})"})
@@ -672,8 +693,10 @@ class RequestLogMiddleware:
             elapsed = (time.perf_counter() - started) * 1000
             if status is not None:
                 outcome: int | str = status
+            elif raw_connection_taken(scope):
+                outcome = "a raw connection"
             else:
-                outcome = "a raw connection" if raw_connection_taken(scope) else "no response"
+                outcome = "client disconnected" if gone else "no response"
             logger.info("Finished %s %s with %s (%.2f ms)", method, path, outcome, elapsed)
             request_id.reset(rid_token)
             remote_ip.reset(ip_token)

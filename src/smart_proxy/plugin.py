@@ -231,6 +231,11 @@ class Plugin:
     async def stop(self) -> None:
         """Release what :meth:`start` acquired. Also called after a failed ``start``."""
 
+    def state_note(self) -> str | None:
+        """A problem of the running plugin worth telling Foreman (a database it cannot use,
+        ...): shown as ``note`` next to ``"state": "running"`` in ``/v2/features``."""
+        return None
+
 
 def check_plugin_class(cls: Any) -> None:
     """Raise ValueError unless ``cls`` is a usable :class:`Plugin` subclass."""

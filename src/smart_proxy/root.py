@@ -5,7 +5,11 @@
   running plugins.
 * ``GET /v2/features`` (trusted hosts + client certificate): every plugin, whatever its state,
   with ``state``, ``http_enabled``, ``https_enabled``, ``settings`` (the exposed ones) and
-  ``capabilities``.
+  ``capabilities``; a running plugin with a problem (:meth:`Plugin.state_note`, e.g. the
+  ``dynflow`` plugin while its database cannot be used) adds ``note``, a one-line text. Its
+  ``state`` stays ``running``: Foreman keeps only running features when it refreshes a proxy,
+  and a database outage must not make it forget Dynflow (the original had no such report; a
+  plugin that failed to start is ``failed``, as before).
 * ``GET /logs/?from_timestamp=<epoch>`` (module ``logs``; trusted hosts + client certificate):
   the log buffer and the ``failed_modules`` map.
 """
@@ -79,6 +83,9 @@ def root_routes(host: Host) -> list[BaseRoute]:
                     "state": str(record.state),
                     "capabilities": record.evaluated_capabilities(),
                 }
+                note = _state_note(record)
+                if note:
+                    result[name]["note"] = note
             return JSONResponse(result)
         except Exception as exc:
             log.exception("Failed to list features")
@@ -89,6 +96,16 @@ def root_routes(host: Host) -> list[BaseRoute]:
         Route("/version", version, methods=["GET"]),
         Route("/v2/features", v2_features, methods=["GET"]),
     ]
+
+
+def _state_note(record: Any) -> str | None:
+    if str(record.state) != "running" or record.instance is None:
+        return None
+    try:
+        return record.instance.state_note()
+    except Exception:
+        log.exception("State note of plugin '%s' failed", record.name)
+        return None
 
 
 class LogsPlugin(Plugin):

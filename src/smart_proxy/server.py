@@ -31,6 +31,16 @@ of uvicorn's ``HttpToolsProtocol`` and ``H11Protocol`` as of uvicorn 0.54.0
 :func:`serve` runs one uvicorn server per :class:`Listener` in the running event loop. uvicorn's
 signal handlers, logging configuration, access log and proxy-header rewriting are all off: the
 caller owns signals and logging, and our middleware logs requests.
+
+**Read timeouts** (``header_timeout``, ``body_timeout`` of :func:`serve`; the settings
+``http_header_timeout`` and ``http_body_timeout``): a client must send the head of a request
+(request line and headers) within ``header_timeout`` seconds of connecting or of its first byte
+(a TLS handshake must also end within ``header_timeout``), and the whole body within
+``body_timeout`` seconds of the head; time during which the server does not read (the
+application is busy, ``Expect: 100-continue`` not answered yet) does not count. A late head gets
+``408 Request Timeout`` and the connection is closed; a late body gets 408 (or only the close,
+once a response has begun) and the application sees the client disconnect. One INFO line each.
+Idle keep-alive connections are closed by uvicorn after ``timeout_keep_alive`` (5 s).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import socket
 import ssl
@@ -70,6 +81,10 @@ TLS_EXTENSION = "tls"
 RAW_EXTENSION = "smart_proxy.raw_connection"
 UVICORN_VERSION = "0.54.0"
 """The uvicorn whose protocol internals the raw takeover was written and tested for."""
+DEFAULT_HEADER_TIMEOUT = 10.0
+"""Seconds a client has to send a request head (``http_header_timeout``)."""
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a client has to send a request body after its head (``http_body_timeout``)."""
 RAW_SHUTDOWN_GRACE = 1.0
 """Seconds a taken-over connection may take to close (TLS close_notify) when the server shuts
 down; then it is aborted."""
@@ -267,7 +282,7 @@ def tls_aware_protocol(http: HttpImplementation = "auto") -> type[asyncio.Protoc
                 UVICORN_VERSION,
             )
         mixin = _HttpToolsRaw if base.__name__ == "HttpToolsProtocol" else _H11Raw
-        protocol = type(f"TLSAware{base.__name__}", (mixin, base), {})
+        protocol = type(f"TLSAware{base.__name__}", (_ReadTimeouts, mixin, base), {})
         _PROTOCOLS[base] = protocol
     return protocol
 
@@ -445,6 +460,9 @@ class _RawUpgradeMixin:
         if cycle.more_body or cycle.body:
             raise RuntimeError("read the whole request body before taking the connection over")
         leftover = self._raw_leftover()
+        cancel = getattr(self, "_cancel_read_timers", None)
+        if cancel is not None:
+            cancel()  # the connection is the handler's now
         # uvicorn is done with the request: send() becomes a no-op, receive() http.disconnect,
         # and nothing is written when the app returns without a response.
         cycle.disconnected = True
@@ -557,6 +575,141 @@ class _HttpToolsRaw(_RawUpgradeMixin):
         return bytes(self._raw_pending)
 
 
+# ---- read timeouts ------------------------------------------------------------------------------
+
+
+def _timeout_response(message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class _ReadTimeouts:
+    """Header and body read timeouts (see the module docstring) for uvicorn's protocols.
+
+    Uses ``config`` (``http_header_timeout``, ``http_body_timeout`` set by :func:`_config`),
+    ``cycle`` (``more_body``, ``response_started``, ``response_complete``, ``disconnected``,
+    ``message_event``; h11's ``waiting_for_100_continue``, httptools' ``expect_100_continue``),
+    ``flow.read_paused``, ``transport``, ``loop``, ``client`` and ``on_response_complete``.
+    """
+
+    config: Any
+    cycle: Any
+    flow: Any
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: Any
+    _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _timed_cycle: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self._track_reads(arriving=True)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._track_reads(arriving=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timers()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _cancel_read_timers(self) -> None:
+        for name in ("_header_timer", "_body_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    def _track_reads(self, *, arriving: bool) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._timed_cycle:  # a new request head is in
+            self._timed_cycle = cycle
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            if cycle.more_body and not cycle.response_complete:
+                self._arm_body_timer()
+        elif self._body_timer is not None and (not cycle.more_body or cycle.response_complete):
+            self._body_timer.cancel()
+            self._body_timer = None
+        if arriving and self._header_timer is None and (cycle is None or cycle.response_complete):
+            self._arm_header_timer()  # the first bytes of the next request
+
+    def _arm_header_timer(self) -> None:
+        timeout = getattr(self.config, "http_header_timeout", None)
+        if timeout and self.transport is not None and not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(timeout, self._header_timed_out, timeout)
+
+    def _arm_body_timer(self) -> None:
+        timeout = getattr(self.config, "http_body_timeout", None)
+        if timeout:
+            self._body_timer = self.loop.call_later(timeout, self._body_timed_out, timeout)
+
+    def _peer(self) -> str:
+        client = self.client
+        return f"{client[0]}:{client[1]}" if client else "a client"
+
+    def _header_timed_out(self, timeout: float) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._timed_cycle:
+            return  # raced with a head just parsed
+        logger.info(
+            "Closed the connection of %s: no complete request head within %g s",
+            self._peer(),
+            timeout,
+        )
+        message = f"the request head did not arrive within {timeout:g} s"
+        self.transport.write(_timeout_response(message))
+        self.transport.close()
+
+    def _body_timed_out(self, timeout: float) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or cycle is not self._timed_cycle:
+            return
+        if not cycle.more_body or cycle.response_complete:
+            return
+        waiting = getattr(cycle, "waiting_for_100_continue", False) or getattr(
+            cycle, "expect_100_continue", False
+        )
+        if self.flow.read_paused or waiting:
+            self._arm_body_timer()  # the server is not reading: the client is not late
+            return
+        method = cycle.scope.get("method", "")
+        path = cycle.scope.get("path", "")
+        logger.info(
+            "Closed the connection of %s: the body of %s %s did not arrive within %g s",
+            self._peer(),
+            method,
+            path,
+            timeout,
+        )
+        started = cycle.response_started
+        cycle.disconnected = True  # the application's receive() says so, its send() is a no-op
+        cycle.message_event.set()
+        if not started:
+            message = f"the request body did not arrive within {timeout:g} s"
+            self.transport.write(_timeout_response(message))
+        self.transport.close()
+
+
 # ---- server -------------------------------------------------------------------------------------
 
 
@@ -586,7 +739,32 @@ class _Server(uvicorn.Server):
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        """uvicorn 0.54's ``Server.startup`` for the sockets :func:`serve` bound, with the TLS
+        handshake bounded by the header timeout (asyncio's default is 60 s)."""
+        assert sockets is not None
+        await self.lifespan.startup()  # the shared lifespan: nothing to do
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {}
+        handshake_timeout = getattr(config, "http_header_timeout", None)
+        if config.ssl is not None and handshake_timeout:
+            options["ssl_handshake_timeout"] = handshake_timeout
+        self.servers = []
+        for sock in sockets:
+            server = await loop.create_server(
+                create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog, **options
+            )
+            self.servers.append(server)
+        self.started = True
         self.ready.set()
 
 
@@ -635,6 +813,8 @@ def _config(
     graceful_timeout: float | None,
     server_header: str | None,
     backlog: int,
+    header_timeout: float | None = None,
+    body_timeout: float | None = None,
 ) -> uvicorn.Config:
     headers = [("server", server_header)] if server_header else []
     ssl_context = listener.ssl_context if listener is not None else None
@@ -656,6 +836,9 @@ def _config(
         ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context else None,
     )
     config.load()
+    # Read by _ReadTimeouts and _Server.startup (uvicorn has no such settings).
+    config.http_header_timeout = header_timeout  # type: ignore[attr-defined]
+    config.http_body_timeout = body_timeout  # type: ignore[attr-defined]
     return config
 
 
@@ -676,6 +859,8 @@ async def serve(
     graceful_timeout: float | None = 10.0,
     server_header: str | None = None,
     backlog: int = 2048,
+    header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
 ) -> None:
     """Serve ``app`` on every listener until ``shutdown`` is set or the task is cancelled.
 
@@ -687,6 +872,7 @@ async def serve(
     * Stopping is graceful: stop accepting, let running requests finish (at most
       ``graceful_timeout`` seconds, None = no limit), then the lifespan shutdown.
     * ``log_config`` is passed to uvicorn (None: uvicorn leaves logging alone).
+    * ``header_timeout`` / ``body_timeout``: the read timeouts in seconds (None: none).
     """
     if not listeners:
         raise ValueError("serve() needs at least one listener")
@@ -697,6 +883,8 @@ async def serve(
         "graceful_timeout": graceful_timeout,
         "server_header": server_header,
         "backlog": backlog,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
     }
 
     sockets: list[socket.socket] = []

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from smart_proxy.log import DEFAULT_FILE_PATTERN, LEVELS, rolling_age_setting
+from smart_proxy.server import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class ProxySettings(BaseModel):
     ssl_ca_file: str | None = None
     ssl_disabled_ciphers: list[str] = Field(default_factory=list)
     tls_disabled_versions: list[str] = Field(default_factory=list)
+    # seconds a client has to send a request head (and the TLS handshake), and then its body
+    http_header_timeout: float = Field(DEFAULT_HEADER_TIMEOUT, gt=0)
+    http_body_timeout: float = Field(DEFAULT_BODY_TIMEOUT, gt=0)
     # authorization
     trusted_hosts: list[str] | None = None
     forward_verify: bool = True

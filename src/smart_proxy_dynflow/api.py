@@ -7,12 +7,18 @@ proxy's certificate serial, the Smart Proxy its trusted hosts and client certifi
 for ``/tasks/:id/update`` and ``/done``, which accept a task's one-time password instead.
 
 Every error is JSON ``{"error": ...}`` with a 4xx status; nothing a client sends can cause a
-500 or change a stored plan it did not name.
+500 or change a stored plan it did not name. Bodies are read by :mod:`smart_proxy.json_body`
+(JSON content types only, 415 otherwise; at most ``MAX_JSON_DEPTH`` levels; no lone
+surrogates), and browsers' cross-site requests (``Sec-Fetch-Site``, a foreign ``Origin``) get
+403 before anything else. A request that needs the database while it cannot be used (PostgreSQL
+down, the SQLite disk full) gets 503 naming the cause (``Retry-After``); the engine logs the
+outage once (``World.report_store_failure``) and requests succeed again as soon as it is back.
+Stored values that cannot be encoded (lone surrogates written by older versions) are shown with
+U+FFFD.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -22,7 +28,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -34,7 +40,9 @@ from dynflow.errors import (
     PlanNotFound,
     PlanUnreadable,
 )
+from dynflow.persistence.health import impatient
 from dynflow.states import PLAN_STATES
+from smart_proxy.json_body import JsonBodyError, cross_site_denial, dumps_safe, read_json
 from smart_proxy.redact import redact
 from smart_proxy.server import is_https
 
@@ -96,7 +104,7 @@ class StatusCache:
 
 
 def render(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps_safe(data)
 
 
 class ApiError(Exception):
@@ -106,8 +114,29 @@ class ApiError(Exception):
         self.message = message
 
 
+class StoreUnavailable(Exception):
+    """The request needs to store something while the database cannot be used (503)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+STORE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait (``Retry-After``) when the database cannot be used."""
+
+
+def store_unavailable(cause: str) -> JSONResponse:
+    """503: the request needs the database, which cannot be used now (``cause``: one line)."""
+    return JSONResponse(
+        {"error": f"the database cannot be used now ({cause}); try again later"},
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )
 
 
 async def allow_all(request: Request) -> Response | None:
@@ -129,26 +158,22 @@ class TaskApi:
 
     # ---- request plumbing -----------------------------------------------------------------------
     async def body(self, request: Request, *, required: bool = True) -> dict[str, Any]:
-        """The JSON object in the body (whatever the Content-Type says, as Foreman expects)."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_size:
-            raise ApiError(413, f"request body larger than {self.max_body_size} bytes")
-        raw = bytearray()
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > self.max_body_size:
-                raise ApiError(413, f"request body larger than {self.max_body_size} bytes")
-        if not raw.strip():
-            if required:
-                raise ApiError(400, "request body must be a JSON object, got an empty body")
+        """The JSON object in the body ({} for an empty body that is not ``required``)."""
+        data = await read_json(request, self.max_body_size, required=required)
+        if data is None:
             return {}
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON in request body: {exc}") from None
         if not isinstance(data, dict):
             raise ApiError(400, f"request body must be a JSON object, not {_json_type(data)}")
         return data
+
+    def require_store(self) -> None:
+        """Refuse (503) a request whose effect the engine stores later (an event for a running
+        step: cancel, halt, update, done) while the database cannot be written; it would be
+        accepted and then lost. The failure clears at the next commit (the world's heartbeat
+        writes every 15 s, launches try)."""
+        failure = self.core.world.store_failure()
+        if failure is not None:
+            raise StoreUnavailable(failure.cause)
 
     def callback_host(self, request: Request, input: Any) -> str:
         """``action_input.proxy_url`` if Foreman sent it, else this request's scheme and host."""
@@ -169,13 +194,23 @@ class TaskApi:
         handler: Callable[[Request], Awaitable[Response]],
         token: bool = False,
     ) -> Response:
+        cross_site = cross_site_denial(request)
+        if cross_site is not None:
+            log.warning("refused %s %s: %s", request.method, request.url.path, cross_site)
+            return error(403, cross_site)
         denied = await (self.authorize_token(request) if token else self.authorize(request))
         if denied is not None:
             return denied
         try:
-            return await handler(request)
+            with impatient():  # a request is answered 503, it does not wait out an outage
+                return await handler(request)
+        except JsonBodyError as exc:
+            log.warning("refused the body of %s %s: %s", request.method, request.url.path, exc)
+            return error(exc.status, exc.message)
         except ApiError as exc:
             return error(exc.status, exc.message)
+        except StoreUnavailable as exc:
+            return store_unavailable(exc.cause)
         except UnknownOperation as exc:
             return error(404, str(exc))
         except UnknownAction as exc:
@@ -188,6 +223,13 @@ class TaskApi:
             return error(503, f"the service cannot take tasks now: {exc}")
         except PlanUnreadable as exc:
             return error(409, str(exc))
+        except ClientDisconnect:
+            raise  # the request log says so; nobody is left to answer
+        except Exception as exc:
+            cause = self.core.world.report_store_failure(exc)
+            if cause is None:
+                raise
+            return store_unavailable(cause)
 
     async def authorize_token(self, request: Request) -> Response | None:
         """``update``/``done``: a valid one-time password of this task, else the normal checks."""
@@ -284,6 +326,7 @@ class TaskApi:
         await self.body(request, required=False)
         if not await self.core.world.plan_statuses({"uuid": [task_id]}):
             raise ApiError(404, f"task {task_id} not found")
+        self.require_store()
         count = await self.core.world.cancel(task_id)
         return JSONResponse({"task_id": task_id, "canceled_steps_count": count})
 
@@ -291,6 +334,7 @@ class TaskApi:
         """``POST /tasks/:id/halt``: stop the plan for good (Dynflow's halt, §1.9)."""
         task_id = request.path_params["task_id"]
         await self.body(request, required=False)
+        self.require_store()
         try:
             state = await self.core.world.halt(task_id)
         except PlanNotFound:
@@ -316,6 +360,7 @@ class TaskApi:
             raise ApiError(404, f"task {task_id} not found")
         if step_id not in plan.steps:
             raise ApiError(404, f"task {task_id} has no step {step_id}")
+        self.require_store()
         try:
             await self.core.world.event(task_id, step_id, external_event(body))
         except EventRejected:

@@ -10,6 +10,10 @@
   :class:`BatchRunnerAction` plan runs the shared runner, and Foreman gets one bulk callback.
 
 Input is validated before anything is planned, so a bad request leaves the store untouched.
+Passwords in the input (``secrets``) are sealed before anything is stored, when the core has a
+secret box (:mod:`.secret_box`): the parent of a batch stores every task's input. The parents
+erase them from their stored input once their children are planned (the children keep theirs
+until their runner finished).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .callback import BatchCallbackAction
 from .parent_runner import ParentRunner
 from .runner import Runner
 from .runner_action import RunnerAction
+from .secret_box import box_of, erase_secrets, has_secrets, seal_secrets
 
 if TYPE_CHECKING:
     from .core import Core
@@ -112,7 +117,11 @@ class Launcher:
         return self.core.actions.lookup(input["action_class"])
 
     def transform_input(self, action_input: dict[str, Any]) -> dict[str, Any]:
-        return {**action_input, "callback_host": self.callback_host}
+        return self.seal({**action_input, "callback_host": self.callback_host})
+
+    def seal(self, value: Any) -> Any:
+        """``value`` with its ``secrets`` sealed with the core's secret box (if it has one)."""
+        return seal_secrets(value, box_of(self.core))
 
     async def trigger_single(
         self, input: dict[str, Any], *, id: str | None = None, parent: Action | None = None
@@ -162,7 +171,7 @@ class BatchLauncher(Launcher):
                 "tasks with these ids exist already: " + ", ".join(sorted(existing))
             )
         result = await self.core.world.trigger(
-            self.parent_action(), input_hash=input, launcher=self.to_hash()
+            self.parent_action(), input_hash=self.seal(input), launcher=self.to_hash()
         )
         return {"parent": format_result(result)}
 
@@ -211,6 +220,9 @@ class BatchAction(Action):
         launcher = Launcher.from_hash(core_of(self.world), self.input["launcher"])
         assert isinstance(launcher, BatchLauncher)
         self.output.update(await launcher.spawn_children(self, self.input["input_hash"]))
+        # Every child has its own copy now (stored with this step's save).
+        if has_secrets(self.input):
+            self.change_stored_input(erase_secrets)
 
     def rescue_strategy_for_self(self) -> str:
         return "fail"
@@ -339,6 +351,9 @@ class SingleRunnerBatchAction(Action):
                     id=self.output["batch_runner_id"],
                     caller_action=self,
                 )
+            # The children and the batch runner have their own copies now.
+            if has_secrets(self.input):
+                self.change_stored_input(erase_secrets)
         elif event in (CANCEL, ABORT):
             await world.cancel(self.output["batch_runner_id"], force=event == ABORT)
             for key in keys:

@@ -10,7 +10,8 @@ Two ways to serve ``/dynflow/*``:
 
 Other proxy plugins that bring actions (the SSH plugin) declare ``requires = {"dynflow": ...}``
 and register into ``host.plugin("dynflow").core`` when they start. The launcher operations are
-advertised as capabilities in ``/v2/features``.
+advertised as capabilities in ``/v2/features``; while the in-process core's database cannot be
+used, the entry also has a ``note`` naming the cause (its state stays ``running``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
+from smart_proxy.authorization import Authorizer
 from smart_proxy.plugin import Plugin, Validation
 from smart_proxy.settings import SettingsError, read_settings_file
 from smart_proxy.validators import ConfigurationError
@@ -57,6 +60,19 @@ def positive_number(setting: str, value: Any, args: Any, settings: Mapping[str, 
         raise ConfigurationError(f"Parameter '{setting}' must be {expected}, got {value!r}")
 
 
+def host_list_setting(setting: str, value: Any, args: Any, settings: Mapping[str, Any]) -> None:
+    """Unset, or a list of host names (certificate CNs; one name alone is a list of one)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return
+    if not isinstance(value, list) or not all(
+        isinstance(entry, str) and entry.strip() for entry in value
+    ):
+        raise ConfigurationError(
+            f"Parameter '{setting}' must be a list of host names (certificate CNs), "
+            f"got {value!r}"
+        )
+
+
 def database_setting(setting: str, value: Any, args: Any, settings: Mapping[str, Any]) -> None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(
@@ -85,6 +101,7 @@ class DynflowPlugin(Plugin):
         Validation("external_core", "boolean"),
         Validation("console_auth", "boolean"),
         Validation("console_http", "boolean"),
+        Validation("console_trusted_hosts", host_list_setting),
         Validation("core_url", "url", when=lambda settings: bool(settings.get("external_core"))),
         Validation("database", database_setting),
         Validation("pool_size", positive_number, args="int"),
@@ -176,12 +193,38 @@ class DynflowPlugin(Plugin):
             self.core, authorize=self.host.authorizer.authorize_any, console=self.console_access()
         )
 
+    def state_note(self) -> str | None:
+        """While the database cannot be used: its cause and since when (``/v2/features``)."""
+        failure = self.core.world.store_failure() if self.core is not None else None
+        if failure is None:
+            return None
+        since = datetime.fromtimestamp(failure.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"the database cannot be used since {since} ({failure.cause}); requests that must "
+            "be stored get 503"
+        )
+
     def console_access(self) -> ConsoleAccess:
-        """``/dynflow/console``: over HTTPS a client certificate when ``console_auth`` (as the
-        original: no trusted-hosts check); over HTTP only with ``console_http``."""
+        """``/dynflow/console``: with ``console_auth`` the task API's checks (the proxy's
+        authorizer: ``trusted_hosts`` and, over HTTPS, a client certificate), or
+        ``console_trusted_hosts`` instead of ``trusted_hosts`` when set; over HTTP only with
+        ``console_http``. (The original applied no trusted-hosts check to its console.)"""
+        hosts = self.settings.get("console_trusted_hosts")
+        authorizer = self.host.authorizer
+        if hosts is not None:
+            if isinstance(hosts, str):
+                hosts = [hosts]
+            authorizer = Authorizer(
+                [host.strip() for host in hosts],
+                self.host.settings.forward_verify,
+                setting_hint=":console_trusted_hosts: in settings.d/dynflow.yml",
+            )
+            if not self.settings["console_auth"]:
+                log.warning("console_trusted_hosts has no effect with console_auth: false")
         return ConsoleAccess(
             console_auth=bool(self.settings["console_auth"]),
             console_http=bool(self.settings["console_http"]),
+            check_client=authorizer.refusal,
             settings_file="settings.d/dynflow.yml",
         )
 

@@ -4,16 +4,21 @@ Used when ``settings.d/dynflow.yml`` says ``external_core: true``. Every GET and
 ``/dynflow`` goes to ``core_url`` with the ``/dynflow`` prefix removed, keeping the query and the
 raw body. Outgoing headers: ``X-Forwarded-For`` (the incoming ``Host``, which the core uses for
 callbacks), ``Authorization`` (a host's one-time password), ``X-Request-Id``, ``Accept`` and
-``Content-Type``. Status, content type and body come back unchanged. Towards an https core the
-proxy presents its client certificate (``foreman_ssl_cert``, else ``ssl_certificate``: the serial
-the core accepts) and verifies the core against ``foreman_ssl_ca``/``ssl_ca_file``.
+the request's own ``Content-Type`` (the core accepts only JSON bodies). A browser's cross-site
+request (``Sec-Fetch-Site``, a foreign ``Origin``: :func:`smart_proxy.json_body.
+cross_site_denial`) is refused here with 403, as the core would; bodies are capped at the
+core's default ``max_body_size`` (413). Status, content type and body come back unchanged.
+Towards an https core the proxy presents its client certificate (``foreman_ssl_cert``, else
+``ssl_certificate``: the serial the core accepts) and verifies the core against
+``foreman_ssl_ca``/``ssl_ca_file``.
 
 Authorization happens here, before anything is forwarded: the proxy's ``authorize_any`` for
 every request, except ``/tasks/:id/update`` and ``/done`` carrying an ``Authorization`` header,
 whose token only the core can check. A core that cannot be reached gives 502 JSON.
 
 The console (``/dynflow/console*``) is checked with the proxy's console settings instead
-(``console_auth``, ``console_http``) and forwarded as a browser sent it: its own ``Accept``,
+(``console_auth``, ``console_http``, and ``trusted_hosts`` or ``console_trusted_hosts``: the
+plugin's :class:`~.console.ConsoleAccess`) and forwarded as a browser sent it: its own ``Accept``,
 ``Content-Type``, ``Cookie``, ``Origin`` and ``Sec-Fetch-Site``, plus ``X-Forwarded-Prefix``
 (``/dynflow``, so the core's links and redirects point here), ``-Host`` and ``-Proto``; the
 core's ``Location``, ``Set-Cookie`` and security headers come back.
@@ -32,10 +37,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from smart_proxy.json_body import JsonBodyError, cross_site_denial, read_body
 from smart_proxy.log import request_id
 from smart_proxy.server import is_https
 from smart_proxy.tls import client_context
 
+from .api import DEFAULT_MAX_BODY
 from .console import ConsoleAccess
 from .console.app import denied_page
 
@@ -85,6 +92,10 @@ class Relay:
         path = "/" + request.path_params.get("path", "")
         if CONSOLE_PATH.match(path):
             return await self.forward_console(request, path)
+        cross_site = cross_site_denial(request)
+        if cross_site is not None:
+            log.warning("refused %s %s: %s", request.method, path, cross_site)
+            return JSONResponse({"error": cross_site}, status_code=403)
         token = TOKEN_PATH.search(path) and "authorization" in request.headers
         if not token:
             denied = await self.authorize(request)
@@ -93,8 +104,15 @@ class Relay:
         headers = {
             "X-Forwarded-For": request.headers.get("host", ""),
             "Accept": "application/json,version=2",
-            "Content-Type": "application/json",
         }
+        if "content-type" in request.headers:
+            headers["Content-Type"] = request.headers["content-type"]
+        content = None
+        if request.method == "POST":
+            try:
+                content = await read_body(request, DEFAULT_MAX_BODY)
+            except JsonBodyError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
         if "authorization" in request.headers:
             headers["Authorization"] = request.headers["authorization"]
         if rid := request_id.get():
@@ -105,7 +123,7 @@ class Relay:
             answer = await self.client.request(
                 request.method,
                 target + (f"?{query}" if query else ""),
-                content=await request.body() if request.method == "POST" else None,
+                content=content,
                 headers=headers,
             )
         except httpx.HTTPError as exc:
@@ -124,7 +142,7 @@ class Relay:
     async def forward_console(self, request: Request, path: str) -> Response:
         """A console page: the proxy's console settings decide, the core renders."""
         if not path.startswith(CONSOLE_STATIC):
-            denied = self.console.denial(request)
+            denied = await self.console.denial(request)
             if denied is not None:
                 log.warning("console access refused (%s %s): %s", request.method, path, denied)
                 return denied_page(request, denied)

@@ -16,7 +16,9 @@ external event      forwarded to the runner (``/tasks/:id/update`` and ``/done``
 ==================  ==========================================================================
 
 Finishing writes ``exit_status``, ``exit_status_timestamp`` and ``result`` (every record, in
-order). Finalize fails the plan with "Script execution failed" for a non-zero exit status.
+order) and, in the same save, erases the passwords from the stored input
+(:meth:`RunnerAction.runner_finished`). Finalize fails the plan with "Script execution
+failed" for a non-zero exit status.
 
 After a restart of the service the step runs again with no event, also when it was
 ``running`` at a crash (``rerun_on_recovery``: the original failed such a step with
@@ -44,6 +46,7 @@ from dynflow.user_calls import call_user
 
 from .core import core_of
 from .runner import Runner, SuspendedAction, Update
+from .secret_box import erase_secrets, has_secrets
 
 log = logging.getLogger("smart_proxy_dynflow.runner")
 
@@ -185,6 +188,14 @@ class RunnerAction(Action, abstract=True):
         self.drop_output_chunks()
         self.output["exit_status"] = update.exit_status
         self.output["exit_status_timestamp"] = update.exit_status_timestamp or time.time()
+        self.runner_finished()
+
+    def runner_finished(self) -> None:
+        """The exit status is set (it is stored with what this asks for): the passwords in
+        the input (``secrets``) are erased from the stored input, the job needs them no more.
+        Subclasses may forget more."""
+        if has_secrets(self.input):
+            self.change_stored_input(erase_secrets)
 
     def rescue_strategy_for_self(self) -> str:
         return "fail"

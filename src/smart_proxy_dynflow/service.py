@@ -23,7 +23,7 @@ from smart_proxy.tls import TLSConfigError, certificate_serial, server_context
 
 from .api import create_app
 from .auth import SerialAuthorizer
-from .console import ConsoleAccess, serial_check
+from .console import ConsoleAccess, core_console_check
 from .core import Core, CoreConfig
 from .plugin import load_plugins
 from .settings import CoreSettings, SettingsError, load_settings
@@ -81,16 +81,22 @@ def build_authorizer(settings: CoreSettings) -> Any:
 
 
 def console_access(settings: CoreSettings) -> ConsoleAccess:
-    """The console: over HTTPS with ``console_auth`` only the proxy's certificate (as the task
-    API, and as the original's console); over HTTP only with ``console_http``."""
+    """The console: over HTTPS with ``console_auth`` the proxy's certificate (as the task API,
+    and as the original's console; the relay comes with it) or a certificate whose CN is in
+    ``console_trusted_hosts``; over HTTP only with ``console_http``."""
     check = None
     if settings.use_https and settings.console_auth:
         authorizer = build_authorizer(settings)
-        check = serial_check(authorizer.expected_serial)
+        check = core_console_check(authorizer.expected_serial, settings.console_trusted_hosts)
+    elif settings.console_trusted_hosts is not None:
+        log.warning(
+            "console_trusted_hosts has no effect %s",
+            "with console_auth: false" if settings.use_https else "without use_https",
+        )
     return ConsoleAccess(
         console_auth=settings.console_auth,
         console_http=settings.console_http,
-        check_certificate=check,
+        check_client=check,
         settings_file="the core's settings.yml",
     )
 
@@ -138,7 +144,14 @@ async def run(settings: CoreSettings, *, shutdown: asyncio.Event | None = None) 
             )
             systemd.notify("READY=1")
 
-        await serve(app, [listener], on_ready=ready, shutdown=stop)
+        await serve(
+            app,
+            [listener],
+            on_ready=ready,
+            shutdown=stop,
+            header_timeout=settings.http_header_timeout,
+            body_timeout=settings.http_body_timeout,
+        )
     finally:
         systemd.notify("STOPPING=1")
         await core.stop()

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, rolling_age_setting
+from smart_proxy.server import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 
 # The YAML helpers live in smart_proxy.settings (shared with the Smart Proxy host); they stay
 # importable from here under their old names.
@@ -106,7 +107,13 @@ class CoreSettings(BaseModel):
     console_auth: bool = True
     # The console (/console) over plain HTTP; off: only over HTTPS.
     console_http: bool = False
+    # CNs of client certificates that may open the console directly, besides the Smart
+    # Proxy's own (HTTPS with console_auth); unset: the proxy's certificate alone.
+    console_trusted_hosts: list[str] | None = None
     max_body_size: int = Field(16 * 1024 * 1024, gt=0)
+    # seconds a client has to send a request head (and the TLS handshake), and then its body
+    http_header_timeout: float = Field(DEFAULT_HEADER_TIMEOUT, gt=0)
+    http_body_timeout: float = Field(DEFAULT_BODY_TIMEOUT, gt=0)
     # process
     daemonize: bool = False
     pid_file: str = "/var/run/foreman-proxy/smart_proxy_dynflow_core.pid"
@@ -176,6 +183,21 @@ class CoreSettings(BaseModel):
     def _string_list(cls, value: Any) -> Any:
         return string_list(value)
 
+    @field_validator("console_trusted_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("console_trusted_hosts")
+    @classmethod
+    def _hosts_lower(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        hosts = [entry.strip().lower() for entry in value]
+        if any(not entry for entry in hosts):
+            raise ValueError("console_trusted_hosts has an empty entry")
+        return hosts
+
     @field_validator("foreman_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -226,10 +248,13 @@ class CoreSettings(BaseModel):
         return Path(os.path.abspath(os.path.expanduser(self.database)))
 
     def ensure_database_dir(self) -> None:
-        """Create the parent directory of the SQLite file (if the database is a file)."""
+        """Create the SQLite file owner-only, in a ``0700`` directory if it has to be made
+        (:func:`dynflow.persistence.store.prepare_sqlite_file`; the store does it too)."""
         path = self.database_path
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from dynflow.persistence.store import prepare_sqlite_file
+
+            prepare_sqlite_file(path)
 
     def foreman_ca(self) -> str | None:
         """CA file to verify Foreman with (``foreman_ssl_ca``, else ``ssl_ca_file``)."""

@@ -8,7 +8,8 @@ runner action (the shared lifecycle of
 :class:`~smart_proxy_dynflow.runner_action.RunnerAction`: output chunks, cancel, Foreman's
 callback) runs the job with a :class:`ScriptRunner` over SSH, or with the simulation runner when
 ``REX_SIMULATE`` is set. After a restart of the service the same runner re-attaches to the job
-on the host.
+on the host. The input's passwords are stored sealed (``RunScript`` seals them when it plans,
+if the launcher has not) and erased once the exit status is stored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dynflow import Action
 from smart_proxy_dynflow.core import core_of
 from smart_proxy_dynflow.runner import Runner
 from smart_proxy_dynflow.runner_action import RunnerAction
+from smart_proxy_dynflow.secret_box import box_of, seal_secrets
 
 from .fake_runner import FakeRunner, simulate
 from .pull import EXTENSION, PullScriptAction, plugin_mode
@@ -90,4 +92,12 @@ class RunScript(Action):
     def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
         pull = plugin_mode(self.world) in PULL_MODES
         concrete = PullScriptAction if pull else ScriptRunnerAction
-        self.plan_action(concrete, {**(input or {}), **values})
+        # Sealed before the plan is stored (the launchers seal already; a direct trigger too).
+        self.plan_action(concrete, seal_secrets({**(input or {}), **values}, _box(self.world)))
+
+
+def _box(world: Any) -> Any:
+    try:
+        return box_of(core_of(world))
+    except RuntimeError:  # planned by a bare world (engine tests): nothing to seal with
+        return None

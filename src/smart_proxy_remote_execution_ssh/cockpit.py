@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
+from smart_proxy.json_body import JsonBodyError, parse_json
 from smart_proxy.server import Receive, Scope, Send, raw_takeover
 
 from .connection import HostUnreachable, connect
@@ -94,9 +94,9 @@ class SessionRequest:
     def parse(cls, body: bytes, settings: Mapping[str, Any]) -> SessionRequest:
         """The body (JSON, as foreman-cockpit-session sends it) merged with the plugin settings."""
         try:
-            params = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidSession(f"Invalid request: the body is not JSON ({exc})") from None
+            params = parse_json(body, "body")  # the limits of every JSON body we parse
+        except JsonBodyError as exc:
+            raise InvalidSession(f"Invalid request: {exc.message}") from None
         if not isinstance(params, dict):
             raise InvalidSession("Invalid request: the body must be a JSON object")
         command = params.get("command")

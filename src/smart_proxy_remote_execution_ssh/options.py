@@ -2,7 +2,8 @@
 
 :meth:`ScriptOptions.from_input` validates the input Foreman sends and fills in defaults from
 the plugin settings. Secrets (``secrets.ssh_password``, ``secrets.key_passphrase`` and
-``secrets.effective_user_password``) are kept out of ``repr()``.
+``secrets.effective_user_password``) are stored sealed (:mod:`smart_proxy_dynflow.secret_box`):
+they are opened here, with the core's box, and only here; they are kept out of ``repr()``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from smart_proxy_dynflow.secret_box import SecretBox, open_secrets
 
 EFFECTIVE_USER_METHODS = ("sudo", "dzdo", "su")
 
@@ -88,9 +91,15 @@ class ScriptOptions:
 
     @classmethod
     def from_input(
-        cls, input: Mapping[str, Any], settings: Mapping[str, Any] | None = None
+        cls,
+        input: Mapping[str, Any],
+        settings: Mapping[str, Any] | None = None,
+        *,
+        box: SecretBox | None = None,
     ) -> ScriptOptions:
-        """Build the options of one job; raises ValueError for an invalid input."""
+        """Build the options of one job; raises ValueError for an invalid input (also for
+        sealed secrets that ``box`` cannot open: :class:`~smart_proxy_dynflow.secret_box.
+        SecretsError`)."""
         settings = settings or {}
         hostname = input.get("hostname")
         if not hostname or not str(hostname).strip():
@@ -101,6 +110,7 @@ class ScriptOptions:
         secrets = input.get("secrets") or {}
         if not isinstance(secrets, Mapping):
             raise ValueError("Input 'secrets' must be a mapping")
+        secrets = open_secrets({"secrets": dict(secrets)}, box)["secrets"]
 
         ssh_user = _optional_str(input.get("ssh_user")) or _optional_str(settings.get("ssh_user"))
         ssh_user = ssh_user or DEFAULT_SSH_USER

@@ -5,7 +5,9 @@
   ``PullScript``; its :class:`RexState` is a service of the core (in the pull modes: the job
   index rebuilt at start, the MQTT dispatcher started and stopped with the core). The
   standalone core service loads it from its own ``settings.d/remote_execution_ssh.yml``; the
-  Smart Proxy's in-process dynflow core loads it from the proxy's ``settings.d``.
+  Smart Proxy's in-process dynflow core loads it from the proxy's ``settings.d``. It also
+  gives the core its secret box (the key file ``secrets.key`` beside ``ssh_identity_key_file``),
+  which seals the jobs' passwords before they are stored.
 * :class:`ScriptPlugin` (entry point group ``smart_proxy.plugins``): the Smart Proxy module
   ``script``: validates the settings (a failure fails the module cleanly), advertises the
   ``cockpit`` capability, and serves ``GET /ssh/pubkey``, ``GET /ssh/ca_pubkey``, the pull
@@ -29,6 +31,7 @@ from starlette.routing import Route
 
 from smart_proxy.plugin import Plugin
 from smart_proxy_dynflow.launcher import BatchLauncher
+from smart_proxy_dynflow.secret_box import SecretBox, key_file_beside, register_box
 
 from . import settings as rex_settings
 from .actions import EXTENSION, RunScript
@@ -70,6 +73,8 @@ class RexState:
         self._starts: asyncio.Semaphore | None = None
         self._starts_loop: asyncio.AbstractEventLoop | None = None
         self.jobs = JobIndex()
+        # Opens the sealed passwords of a job's input (smart_proxy_dynflow.secret_box).
+        self.box: Any = None
         self.mqtt: MqttDispatcher | None = None
         if settings.get("mode") == "pull-mqtt":
             config = MqttConfig.from_settings(settings, tls_files or rex_settings.TlsFiles())
@@ -109,7 +114,7 @@ class RexState:
     def options(self, input: dict[str, Any]) -> Any:
         from .options import ScriptOptions
 
-        return ScriptOptions.from_input(input, self.settings)
+        return ScriptOptions.from_input(input, self.settings, box=self.box)
 
 
 _SSH_LOG_LEVELS = {
@@ -144,6 +149,8 @@ def register(core: Any, settings: dict[str, Any]) -> None:
     values = rex_settings.check(settings, tls_files=tls_files)
     apply_ssh_log_level(values["ssh_log_level"])
     state = RexState(values, world=getattr(core, "world", None), tls_files=tls_files)
+    # The key sealing the jobs' passwords at rest, beside the proxy's SSH key.
+    state.box = register_box(core, key_file_beside(values["ssh_identity_key_file"]))
     core.extensions[EXTENSION] = state
     services = getattr(core, "services", None)
     if services is not None:
@@ -186,6 +193,9 @@ class ScriptPlugin(Plugin):
         )
         self._values = values
         apply_ssh_log_level(values["ssh_log_level"])  # also for the sessions of this process
+        # The key sealing the jobs' passwords (the core plugin made it when it registered): an
+        # unusable key file fails this module with what to fix, not only the core's log.
+        SecretBox.from_key_file(key_file_beside(values["ssh_identity_key_file"]))
         if values["mode"] in rex_settings.PULL_MODES:
             dynflow = self.host.plugin("dynflow")
             if dynflow is not None and getattr(dynflow, "core", None) is None:

@@ -34,6 +34,10 @@ gets an MQTT cancel message ("…, notifying the host over MQTT") or, without MQ
 "…, however the job was triggered without MQTT and cannot be stopped", and waits for the host's
 exit report (``Abort`` finishes at once instead). The job leaves the index when the action
 finishes and when its plan stops.
+
+The input's passwords (``secrets``) are not stored: the host runs the job itself, so they are
+erased when the action is planned (the batch parent keeps its sealed copy only until its
+children are planned).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from dynflow.action import ABORT, CANCEL, POLL, TIMEOUT
 from smart_proxy_dynflow.core import core_of
 from smart_proxy_dynflow.runner import EXCEPTION_STATUS, Update
 from smart_proxy_dynflow.runner_action import RunnerAction, external_event_data
+from smart_proxy_dynflow.secret_box import erase_secrets
 
 from .jobs import PullJob, host_identity
 from .mqtt import cancel_message, start_message, topic_for
@@ -86,7 +91,9 @@ class PullScriptAction(RunnerAction):
     execution_plan_hooks: ClassVar[dict[str, list[str]]] = {"stopped": ["cleanup_job"]}
 
     def plan(self, input: dict[str, Any] | None = None, **values: Any) -> None:
-        data = {**(input or {}), **values}
+        # The host runs the job itself: the passwords meant for an SSH login and sudo are of
+        # no use here, so they are not stored at all.
+        data = erase_secrets({**(input or {}), **values})
         # Chosen here, so it is stored with the input from the start: the job survives restarts.
         data["job_uuid"] = str(uuidlib.uuid4())
         data["mqtt"] = plugin_mode(self.world) == "pull-mqtt"

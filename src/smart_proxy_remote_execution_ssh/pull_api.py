@@ -13,11 +13,13 @@ is the host's identity and must own the job. No certificate: 403; plain HTTP: 40
 original skipped the check and then failed anyway); an unknown job or one of another host: 404.
 Trusted hosts do not apply (hosts are not Foreman). Errors are JSON ``{"error": ...}``; a bad
 update payload is a 400 and leaves the job running (the original ended it with ``EXCEPTION``).
+Update bodies are read by :mod:`smart_proxy.json_body` (JSON content types only, 415 otherwise;
+at most ``MAX_JSON_DEPTH`` levels, no lone surrogates); a browser's cross-site request is 403;
+an update the database cannot take now is 503.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,8 +30,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dynflow.errors import DynflowError, EventRejected
+from dynflow.persistence.health import StoreUnavailable
 from smart_proxy.authorization import deny, https_cert_cn
+from smart_proxy.json_body import JsonBodyError, cross_site_denial, read_json
 from smart_proxy.server import client_certificate, is_https
+from smart_proxy_dynflow.api import store_unavailable
 from smart_proxy_dynflow.runner import Update
 
 from .pull import JOB_DELIVERED
@@ -152,17 +157,7 @@ def parse_update(data: Any) -> Update:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = bytearray()
-    async for piece in request.stream():
-        raw += piece
-        if len(raw) > MAX_UPDATE_BODY:
-            raise PayloadError(f"the body is larger than {MAX_UPDATE_BODY} bytes")
-    if not raw.strip():
-        raise PayloadError("the body must be a JSON object, got an empty body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"malformed JSON in the body: {exc}") from None
+    return await read_json(request, MAX_UPDATE_BODY, what="body")
 
 
 # ---- the endpoints -------------------------------------------------------------------------------
@@ -185,6 +180,10 @@ class PullApi:
         self.locate = locate
 
     async def _context(self, request: Request) -> tuple[str, Any] | Response:
+        cross_site = cross_site_denial(request)
+        if cross_site is not None:
+            log.warning("refused %s %s: %s", request.method, request.url.path, cross_site)
+            return error(403, cross_site)
         host = host_of(request)
         if isinstance(host, Response):
             return host
@@ -223,8 +222,15 @@ class PullApi:
             await state.world.event(
                 job.execution_plan_id, job.run_step_id, JOB_DELIVERED, optional=True
             )
+        except StoreUnavailable as exc:
+            return store_unavailable(exc.cause)  # fetched again once the delivery can be stored
         except DynflowError as exc:
             log.warning("job %s: cannot record its delivery: %s", job.uuid, exc)
+        except Exception as exc:
+            cause = state.world.report_store_failure(exc)
+            if cause is None:
+                raise
+            return store_unavailable(cause)  # fetched again once the delivery can be stored
         headers = {"X-Foreman-Effective-User": job.effective_user} if job.effective_user else {}
         return PlainTextResponse(job.script, headers=headers)
 
@@ -241,6 +247,9 @@ class PullApi:
         state, job = found
         try:
             update = parse_update(await _json_body(request))
+        except JsonBodyError as exc:
+            log.warning("job %s: bad update: %s", job.uuid, exc)
+            return error(exc.status, exc.message)
         except PayloadError as exc:
             log.warning("job %s: bad update: %s", job.uuid, exc)
             return error(400, str(exc))
@@ -248,6 +257,11 @@ class PullApi:
             await state.world.event(job.execution_plan_id, job.run_step_id, update.to_event())
         except EventRejected:
             return error(404, f"Job {job.uuid} is not running any more")
+        except Exception as exc:
+            cause = state.world.report_store_failure(exc)
+            if cause is None:
+                raise
+            return store_unavailable(cause)
         return Response(status_code=200)
 
     def routes(self) -> list[Route]:

@@ -434,3 +434,21 @@ async def test_info_does_not_log_headers_or_bodies(tmp_path: Path) -> None:
     text = path.read_text()
     assert "Body:" not in text and "Headers:" not in text
     assert "Started POST /x" in text
+
+
+async def test_debug_log_of_a_deeply_nested_body_is_not_a_500(tmp_path: Path) -> None:
+    """The debug body log parses JSON to redact it: nesting too deep for the parser is logged
+    as text (redacted), and the request goes on to the application."""
+    path = tmp_path / "core.log"
+    log.setup_logging(str(path), "DEBUG")
+    deep = "[" * 5000 + '"ssh_password=hunter2"' + "]" * 5000
+    async with _client() as client:
+        response = await client.post(
+            "/dynflow/tasks/launch",
+            content=deep.encode(),
+            headers={"Content-Type": "application/json", "X-Request-Id": "cafe0002"},
+        )
+    assert response.status_code == 201
+    text = path.read_text()
+    assert "Traceback" not in text
+    assert any("[D] Body: [[[" in line for line in text.splitlines())

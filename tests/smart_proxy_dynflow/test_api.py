@@ -366,9 +366,10 @@ async def test_secrets_are_redacted_in_status_and_logs(service, tmp_path):
     text = log_file.read_text()
     assert "Finished GET /tasks/" in text and "secrets" in text  # logged, but redacted
     assert secret not in text
-    # Stored as sent: the runner needs the real values.
+    # Erased from the stored input once the job's exit status is stored (sealed before that
+    # when the core has a secret box: test_launcher.py, test_secrets_at_rest.py).
     plan = await service.world.load_plan(task_id)
-    assert plan.actions[1].input["secrets"]["ssh_password"] == secret
+    assert plan.actions[1].input["secrets"] == {"ssh_password": None, "key_passphrase": None}
 
 
 async def test_openapi_document(service):

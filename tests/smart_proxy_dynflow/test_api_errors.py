@@ -84,6 +84,7 @@ async def test_bad_input(service, method, path, body, status, message):
     kwargs: dict[str, Any] = {}
     if isinstance(body, bytes):
         kwargs["content"] = body
+        kwargs["headers"] = {"content-type": "application/json"}
     elif body is not None:
         kwargs["json"] = body
     response = await service.client.request(method, path, **kwargs)

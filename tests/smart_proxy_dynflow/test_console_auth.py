@@ -1,12 +1,16 @@
 """Who may open the console, over real HTTP and TLS sockets, in every deployment.
 
 * the standalone core: over HTTPS with ``console_auth`` only the Smart Proxy's certificate
-  (the serial check of ``smart-proxy-dynflow-core``); plain HTTP only with ``console_http``;
-* the Smart Proxy with the plugin in-process (``/dynflow/console``): over HTTPS any client
-  certificate of the CA (no trusted-hosts check, as the original), none → 403; plain HTTP only
-  with ``console_http``; ``console_auth: false`` drops the certificate check;
-* the relay: the proxy checks the browser, the core sees the proxy's certificate; links,
-  redirects and cookies carry the ``/dynflow`` prefix; actions work through it.
+  (the serial check of ``smart-proxy-dynflow-core``) or a CN of its ``console_trusted_hosts``;
+  plain HTTP only with ``console_http``;
+* the Smart Proxy with the plugin in-process (``/dynflow/console``): over HTTPS a client
+  certificate that passes ``trusted_hosts`` like the task API (a managed host's certificate of
+  the same CA gets 403 on every page and action), or ``console_trusted_hosts`` instead when
+  set; none → 403; plain HTTP only with ``console_http`` (and trusted hosts by reverse DNS);
+  ``console_auth: false`` drops the checks;
+* the relay: the proxy checks the browser (trusted hosts too), the core sees the proxy's
+  certificate; links, redirects and cookies carry the ``/dynflow`` prefix; actions work
+  through it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from smart_proxy_dynflow.core import Core
 from smart_proxy_dynflow.proxy_plugin import DynflowPlugin
 from smart_proxy_dynflow.service import console_access
 from smart_proxy_dynflow.settings import CoreSettings
-from tests.support.certs import Pki, make_pki
+from tests.support.certs import Pki, issue_client_certificate, make_pki
 from tests.support.console_actions import Maintenance
 from tests.support.local_command import register_test_actions
 from tests.support.proxy import smart_proxy
@@ -37,6 +41,9 @@ from tests.support.services import Served, make_config, start_app
 from tests.support.waiting import wait_plan_state
 
 CERTS = ("proxy", "other", None)
+# A managed host (its certificate from the proxy's CA, as with the Puppet CA) and an admin.
+HOST_CN = "web01.example.com"
+ADMIN_CN = "admin.example.com"
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +52,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def client(pki: Pki, url: str, cert: str | None = "proxy") -> httpx.AsyncClient:
-    files = {
-        "proxy": (pki.client_cert, pki.client_key),
-        "other": (pki.other_client_cert, pki.other_client_key),
-        None: (None, None),
-    }[cert]
+    """A browser presenting ``cert``: "proxy" (Foreman's, CN ``pki.client_cn``), "other", None,
+    or any other CN (a certificate of the same CA issued for it)."""
+    if cert == "proxy":
+        files: tuple[str | None, str | None] = (pki.client_cert, pki.client_key)
+    elif cert == "other":
+        files = (pki.other_client_cert, pki.other_client_key)
+    elif cert is None:
+        files = (None, None)
+    else:
+        files = issue_client_certificate(pki, cert)
     if not url.startswith("https:"):
         return httpx.AsyncClient(base_url=url, timeout=30)
     context = pki.client_ssl_context(cert=files[0], key=files[1])
@@ -128,7 +140,7 @@ def test_console_http_setting() -> None:
     assert CoreSettings().console_http is False
     assert CoreSettings(console_http=True).console_http is True
     access = console_access(CoreSettings(console_http=True))
-    assert access.console_http and access.console_auth and access.check_certificate is None
+    assert access.console_http and access.console_auth and access.check_client is None
     assert DynflowPlugin.default_settings["console_http"] is False
 
 
@@ -153,9 +165,10 @@ async def test_proxy_in_process_https_needs_a_client_certificate(tmp_path: Path,
         assert answer.status_code == 200
         assert 'href="/dynflow/console/worlds"' in answer.text
         assert "Path=/dynflow/console" in answer.headers["set-cookie"]
-        # Any certificate of the CA: the console does not apply trusted_hosts (the task API
-        # does).
-        assert (await get(pki, https, "/dynflow/console", cert="other")).status_code == 200
+        # A certificate of the CA whose CN is not in trusted_hosts: refused like the task API.
+        answer = await get(pki, https, "/dynflow/console", cert="other")
+        assert answer.status_code == 403
+        assert "Untrusted client other.example.com" in text_of(answer.text)
         assert (await get(pki, https, "/dynflow/tasks/count", cert="other")).status_code == 403
         answer = await get(pki, https, "/dynflow/console/worlds", cert=None)
         assert answer.status_code == 403
@@ -255,3 +268,214 @@ async def test_relay_forwards_the_console(tmp_path: Path, pki: Pki) -> None:
                 assert forged.status_code == 403
                 assert "Refused a request from origin" in text_of(forged.text)
             assert (await wait_plan_state(core.world, started.id)).result == "success"
+
+
+# ---- trusted hosts ------------------------------------------------------------------------------
+
+
+def console_requests(plan_id: str, world_id: str) -> list[tuple[str, str]]:
+    """Every console page and action (method, path below the console's prefix)."""
+    pages = [
+        "",
+        "/",
+        "/status",
+        "/worlds",
+        f"/{plan_id}",
+        f"/{plan_id}?tab=plan",
+        f"/{plan_id}/live",
+        f"/{plan_id}/actions/1/sub_plans",
+        f"/{plan_id}/actions/1/output.txt",
+        "/no/such/page",
+    ]
+    actions = [
+        "/worlds/check",
+        "/worlds/check?invalidate=true",
+        "/worlds/execution_status",
+        f"/worlds/{world_id}/check",
+        f"/{plan_id}/resume",
+        f"/{plan_id}/cancel",
+        f"/{plan_id}/halt",
+        f"/{plan_id}/skip/1",
+        f"/{plan_id}/cancel/1",
+    ]
+    return [("GET", path) for path in pages] + [("POST", path) for path in actions]
+
+
+async def form_token(browser: httpx.AsyncClient, path: str) -> str:
+    page = await browser.get(path)
+    assert page.status_code == 200, page.text
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+async def assert_console_closed(
+    pki: Pki,
+    url: str,
+    prefix: str,
+    cert: str | None,
+    token: str,
+    plan_id: str,
+    world_id: str,
+    reason: str,
+) -> None:
+    """``cert`` gets 403 on every console page and action, even with a valid form token."""
+    async with client(pki, url, cert) as browser:
+        browser.cookies.set("dynflow_console_csrf", token)
+        for method, path in console_requests(plan_id, world_id):
+            answer = await browser.request(
+                method,
+                prefix + path,
+                data={"csrf_token": token} if method == "POST" else None,
+            )
+            assert answer.status_code == 403, (method, path, answer.text[:300])
+            shown = text_of(answer.text)
+            assert "Access denied" in shown and reason in shown, (method, path, shown)
+            assert plan_id not in answer.text.replace(f"/{plan_id}", "")
+
+
+async def test_proxy_console_refuses_a_managed_host_on_every_page_and_action(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """A managed host's certificate (same CA, CN not in trusted_hosts) could read every job
+    and halt plans; now it gets 403 everywhere, and Foreman's certificate still gets in."""
+    async with proxy_in_process(tmp_path, pki) as proxy:
+        core = proxy.plugin("dynflow").core
+        started = await core.world.trigger(Maintenance, always_fail=False)
+        await wait_plan_state(core.world, started.id, "paused")
+        https = proxy.https_url
+        async with client(pki, https) as foreman:
+            token = await form_token(foreman, f"/dynflow/console/{started.id}")
+            await assert_console_closed(
+                pki,
+                https,
+                "/dynflow/console",
+                HOST_CN,
+                token,
+                started.id,
+                core.world.id,
+                f"Untrusted client {HOST_CN}",
+            )
+            # Nothing the host posted took effect: the plan is still paused, not halted.
+            assert (await core.world.load_plan(started.id)).state == "paused"
+            for path in ("/dynflow/console", "/dynflow/console/worlds"):
+                assert (await foreman.get(path)).status_code == 200
+            answer = await foreman.post(
+                f"/dynflow/console/{started.id}/resume", data={"csrf_token": token}
+            )
+            assert answer.status_code == 303
+        assert (await wait_plan_state(core.world, started.id)).result == "success"
+
+
+async def test_proxy_console_trusted_hosts_replace_trusted_hosts_for_the_console(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with proxy_in_process(tmp_path, pki, console_trusted_hosts=[ADMIN_CN.upper()]) as proxy:
+        https = proxy.https_url
+        # The admin opens the console, but not the task API (trusted_hosts is Foreman's).
+        assert (await get(pki, https, "/dynflow/console", cert=ADMIN_CN)).status_code == 200
+        assert (await get(pki, https, "/dynflow/tasks/count", cert=ADMIN_CN)).status_code == 403
+        # Foreman keeps the task API; the console list replaces trusted_hosts for the console.
+        assert (await get(pki, https, "/dynflow/tasks/count")).status_code == 200
+        answer = await get(pki, https, "/dynflow/console")
+        assert answer.status_code == 403
+        assert ":console_trusted_hosts: in settings.d/dynflow.yml" in text_of(answer.text)
+        answer = await get(pki, https, "/dynflow/console/worlds", cert=HOST_CN)
+        assert answer.status_code == 403
+        assert f"Untrusted client {HOST_CN}" in text_of(answer.text)
+
+
+async def test_proxy_console_over_http_applies_trusted_hosts_like_the_task_api(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """Over plain HTTP (console_http) the client is its reverse-DNS name, as for the task API:
+    127.0.0.1 is not proxy.example.com, so both refuse it."""
+    async with proxy_in_process(tmp_path, pki, console_http=True) as proxy:
+        http = proxy.http_url
+        api = await get(pki, http, "/dynflow/tasks/count")
+        console = await get(pki, http, "/dynflow/console")
+        assert api.status_code == 403
+        assert console.status_code == 403
+        assert api.json()["error"].split(" attempted")[0] in text_of(console.text)
+
+
+async def test_relay_console_honours_the_proxy_trusted_hosts(tmp_path: Path, pki: Pki) -> None:
+    async with core_over_https(tmp_path, pki) as (core, served):
+        started = await core.world.trigger(Maintenance, always_fail=False)
+        await wait_plan_state(core.world, started.id, "paused")
+        relay = {"enabled": True, "external_core": True, "core_url": served.url}
+        async with smart_proxy(
+            tmp_path / "proxy",
+            [DynflowPlugin],
+            {"dynflow": relay},
+            pki=pki,
+            trusted_hosts=[pki.client_cn],
+            foreman_url="http://127.0.0.1:9",
+            foreman_ssl_ca=pki.ca_cert,
+            foreman_ssl_cert=pki.client_cert,
+            foreman_ssl_key=pki.client_key,
+        ) as proxy:
+            https = proxy.https_url
+            async with client(pki, https) as foreman:
+                token = await form_token(foreman, f"/dynflow/console/{started.id}")
+                await assert_console_closed(
+                    pki,
+                    https,
+                    "/dynflow/console",
+                    HOST_CN,
+                    token,
+                    started.id,
+                    core.world.id,
+                    f"Untrusted client {HOST_CN}",
+                )
+                assert (await core.world.load_plan(started.id)).state == "paused"
+                answer = await foreman.post(
+                    f"/dynflow/console/{started.id}/resume",
+                    data={"csrf_token": token},
+                    headers={"Origin": https, "Sec-Fetch-Site": "same-origin"},
+                )
+                assert answer.status_code == 303, answer.text
+        assert (await wait_plan_state(core.world, started.id)).result == "success"
+        relay["console_trusted_hosts"] = [ADMIN_CN]
+        async with smart_proxy(
+            tmp_path / "proxy2",
+            [DynflowPlugin],
+            {"dynflow": relay},
+            pki=pki,
+            trusted_hosts=[pki.client_cn],
+            foreman_url="http://127.0.0.1:9",
+            foreman_ssl_ca=pki.ca_cert,
+            foreman_ssl_cert=pki.client_cert,
+            foreman_ssl_key=pki.client_key,
+        ) as proxy:
+            https = proxy.https_url
+            answer = await get(pki, https, f"/dynflow/console/{started.id}", cert=ADMIN_CN)
+            assert answer.status_code == 200 and started.id in answer.text
+            assert (await get(pki, https, "/dynflow/console")).status_code == 403
+            assert (await get(pki, https, "/dynflow/tasks/count")).status_code == 200
+
+
+async def test_standalone_core_console_trusted_hosts(tmp_path: Path, pki: Pki) -> None:
+    async with core_over_https(tmp_path, pki, console_trusted_hosts=[ADMIN_CN]) as (_, served):
+        # The admin's certificate opens the console directly, not the task API.
+        assert (await get(pki, served.url, "/console", cert=ADMIN_CN)).status_code == 200
+        assert (await get(pki, served.url, "/tasks/count", cert=ADMIN_CN)).status_code == 403
+        # The Smart Proxy's own certificate (the relay) still does.
+        assert (await get(pki, served.url, "/console")).status_code == 200
+        answer = await get(pki, served.url, "/console/worlds", cert=HOST_CN)
+        assert answer.status_code == 403
+        assert f"{HOST_CN} is neither the Smart Proxy nor in console_trusted_hosts" in text_of(
+            answer.text
+        )
+        answer = await get(pki, served.url, "/console", cert=None)
+        assert answer.status_code == 403
+        assert "No client SSL certificate supplied" in text_of(answer.text)
+
+
+def test_console_trusted_hosts_settings() -> None:
+    assert CoreSettings().console_trusted_hosts is None
+    assert CoreSettings(console_trusted_hosts="Admin.Example.com").console_trusted_hosts == [
+        "admin.example.com"
+    ]
+    with pytest.raises(ValueError, match="console_trusted_hosts has an empty entry"):
+        CoreSettings(console_trusted_hosts=["admin.example.com", " "])
+    with pytest.raises(ValueError, match="console_trusted_hosts"):
+        CoreSettings(console_trusted_hosts={"admin": 1})

@@ -273,6 +273,8 @@ async def test_in_process_core_loads_core_plugins_from_the_proxy_settings(
         ({"enabled": True, "external_core": "maybe"}, "external_core"),
         ({"enabled": True, "external_core": True, "core_url": "not a url"}, "core_url"),
         ({"enabled": True, "database": ["x"]}, "'database'"),
+        ({"enabled": True, "console_trusted_hosts": 5}, "'console_trusted_hosts' must be a list"),
+        ({"enabled": True, "console_trusted_hosts": ["a.example.com", ""]}, "host names"),
     ],
 )
 async def test_broken_dynflow_settings_fail_only_the_plugin(tmp_path, settings, message):

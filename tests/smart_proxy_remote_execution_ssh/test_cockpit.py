@@ -276,7 +276,7 @@ async def test_unreachable_host_and_bad_bodies_are_bad_requests(
     assert "Connection refused" in unreachable
     assert port == "Invalid request: ssh_port must be an integer, got 'ssh'"
     assert command == "Invalid request: 'command' is missing"
-    assert not_json.startswith("Invalid request: the body is not JSON")
+    assert not_json.startswith("Invalid request: malformed JSON in the body")
 
 
 async def test_a_raw_upgrade_is_required(

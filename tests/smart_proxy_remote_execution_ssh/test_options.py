@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from smart_proxy_dynflow.secret_box import SecretBox, seal_secrets
 from smart_proxy_remote_execution_ssh.options import ScriptOptions
 
 BASE = {"hostname": "host.example.com", "script": "echo hi"}
@@ -146,3 +147,31 @@ def test_empty_secrets_count_as_missing() -> None:
 def test_retry_count_zero_means_one_attempt() -> None:
     options = ScriptOptions.from_input({**BASE, "connection_options": {"retry_count": 0}})
     assert options.retry_count == 1
+
+
+def test_sealed_secrets_are_opened_with_the_box() -> None:
+    box = SecretBox.generate()
+    stored = seal_secrets(
+        {
+            **BASE,
+            "secrets": {
+                "ssh_password": "MARKER-ssh",
+                "key_passphrase": None,
+                "effective_user_password": "MARKER-sudo",
+            },
+        },
+        box,
+    )
+    assert "MARKER" not in repr(stored)
+    options = ScriptOptions.from_input(stored, {}, box=box)
+    assert (options.ssh_password, options.key_passphrase, options.effective_user_password) == (
+        "MARKER-ssh",
+        None,
+        "MARKER-sudo",
+    )
+    assert "MARKER" not in repr(options)
+    # The key file changed since the job was stored (or there is none): a clear error.
+    with pytest.raises(ValueError, match="'ssh_password' cannot be opened with the key"):
+        ScriptOptions.from_input(stored, {}, box=SecretBox.generate())
+    with pytest.raises(ValueError, match="sealed, but this service has no secrets key"):
+        ScriptOptions.from_input(stored, {})

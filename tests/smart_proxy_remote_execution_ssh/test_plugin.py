@@ -174,3 +174,46 @@ def test_ssh_log_level_sets_the_ssh_library_log(key: Path, level: str, expected:
         assert logging.getLevelName(ssh_log.level) == expected
     finally:
         ssh_log.setLevel(before)
+
+
+def test_the_secrets_key_is_made_beside_the_ssh_key_and_reused(key: Path) -> None:
+    from types import SimpleNamespace
+
+    from smart_proxy_dynflow.registry import ActionRegistry, LauncherRegistry
+    from smart_proxy_dynflow.secret_box import EXTENSION, box_of
+
+    def registered() -> Any:
+        core = SimpleNamespace(
+            extensions={}, actions=ActionRegistry(), launchers=LauncherRegistry()
+        )
+        core_plugin.register(core, {"ssh_identity_key_file": str(key)})
+        assert core.extensions["script"].box is core.extensions[EXTENSION]
+        return box_of(core)
+
+    box = registered()
+    path = key.with_name("secrets.key")
+    assert box.path == path
+    assert path.stat().st_mode & 0o777 == 0o600
+    sealed = box.seal("ssh_password", "MARKER-pw")
+    assert registered().open("ssh_password", sealed) == "MARKER-pw"  # after a restart
+
+
+async def test_an_unusable_secrets_key_fails_the_module_cleanly(tmp_path, key):
+    secrets_key = key.with_name("secrets.key")
+    secrets_key.write_text("garbage\n")
+    secrets_key.chmod(0o600)
+    rex = {"enabled": True, "ssh_identity_key_file": str(key)}
+    dynflow = {"enabled": True, "database": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"}
+    async with smart_proxy(
+        tmp_path / "proxy",
+        [LogsPlugin, DynflowPlugin, ScriptPlugin],
+        {"dynflow": dynflow, "remote_execution_ssh": rex, "logs": {"enabled": True}},
+    ) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.http_url) as client:
+            assert (await client.get("/v2/features")).json()["script"]["state"] == "failed"
+            failed = (await client.get("/logs")).json()["info"]["failed_modules"]
+            assert f"the secrets key file {secrets_key} does not hold a key" in failed["script"]
+            launch = await client.post(
+                "/dynflow/tasks/launch", json={"operation": "ssh", "input": batch(["h"])}
+            )
+            assert launch.status_code == 404

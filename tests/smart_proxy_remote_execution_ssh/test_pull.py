@@ -36,6 +36,7 @@ RUN_SCRIPT = "Proxy::RemoteExecution::Ssh::Actions::RunScript"
 PULL_SCRIPT = "smart_proxy_remote_execution_ssh.pull.PullScriptAction"
 PROXY_URL = "https://proxy.example.com:9090"
 SCRIPT = "#!/bin/sh\necho hello\n"
+JSON = {"content-type": "application/json"}
 
 
 def new_host() -> str:
@@ -242,7 +243,11 @@ async def test_a_job_from_launch_to_callback_over_mqtt_and_mutual_tls(tmp_path, 
         assert start.topic == topic(host)
         job_uuid = start.payload["metadata"]["job_uuid"]
         assert_start_message(start.payload, job_uuid, "deploy")
-        assert (await pull.action(key))["output"] == {"state": "notified", "result": []}
+        # The message leaves during the run step, its output is stored right after: wait.
+        assert (await pull.wait_state(key, "notified"))["output"] == {
+            "state": "notified",
+            "result": [],
+        }
 
         async with pull.host(host) as client:
             assert (await client.get("/ssh/jobs")).json() == [job_uuid]
@@ -386,7 +391,7 @@ async def test_legacy_payloads_bad_payloads_and_plain_pull_mode(tmp_path, forema
                 (b'{"exit_code": "zero"}', "'exit_code' must be an integer"),
             ]
             for body, message in bad:
-                answer = await client.post(update, content=body)
+                answer = await client.post(update, content=body, headers=JSON)
                 assert answer.status_code == 400, body
                 assert message in answer.json()["error"], (body, answer.json())
             legacy = await client.post(
@@ -726,3 +731,36 @@ async def test_bad_pull_settings_fail_the_plugin_cleanly(tmp_path, foreman, sett
             failed = (await client.get("/logs")).json()["info"]["failed_modules"]
             assert message in failed["script"]
             assert (await client.get("/ssh/jobs")).status_code == 404
+
+
+async def test_pull_jobs_do_not_store_the_passwords(tmp_path, foreman):
+    """The host runs the job itself: the SSH and sudo passwords are never stored (the batch
+    parent's sealed copy is erased once the child is planned)."""
+    host = new_host()
+    markers = ("MARKER-pull-ssh-9d1", "MARKER-pull-sudo-9d1")
+    database = tmp_path / "db.sqlite"
+    async with pull_proxy(tmp_path, foreman, mode="pull", database=database) as pull:
+        secrets = {"ssh_password": markers[0], "effective_user_password": markers[1]}
+        task, key = await pull.launch_one(host, secrets=secrets)
+        action = await pull.wait_state(key, "ready_for_pickup")
+        assert action["input"]["secrets"] == "[FILTERED]"
+        plan = await pull.world.load_plan(key)
+        pull_action = next(a for a in plan.actions.values() if a.name() == PULL_SCRIPT)
+        assert pull_action.input["secrets"] == {
+            "ssh_password": None,
+            "effective_user_password": None,
+        }
+        async with pull.host(host) as client:
+            (job_uuid,) = (await client.get("/ssh/jobs")).json()
+            fetched = await client.get(f"/ssh/jobs/{job_uuid}")
+            assert fetched.text == SCRIPT
+            update = v1_update(exit_update(0))
+            done = await client.post(f"/ssh/jobs/{job_uuid}/update", json=update)
+            assert done.status_code == 200
+        assert (await wait_plan_state(pull.world, key)).result == "success"
+        await pull.callbacks_for(task)
+        for path in tmp_path.glob("db.sqlite*"):
+            data = path.read_bytes()
+            assert not any(marker.encode() in data for marker in markers), path
+        bodies = b"".join(request["body"] for request in foreman.requests)
+        assert not any(marker.encode() in bodies for marker in markers)

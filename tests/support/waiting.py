@@ -30,10 +30,11 @@ async def wait_step_state(world: Any, plan_id: str, step_id: int, state: str) ->
 
 
 async def wait_plan_state(world: Any, plan_id: str, state: str = "stopped") -> Any:
-    """Wait until a stored plan reaches ``state``; returns the loaded plan."""
+    """Wait until a stored plan reaches ``state``; returns the loaded plan (a plan not stored
+    yet, e.g. the child a batch parent is about to plan, has not reached it)."""
 
     async def reached() -> Any:
         plan = await world.load_plan(plan_id)
-        return plan if plan.state == state else None
+        return plan if plan is not None and plan.state == state else None
 
     return await wait_for(reached)

@@ -210,7 +210,7 @@ class Console:
     # ---- plumbing -------------------------------------------------------------------------------
     def endpoint(self, handler: Handler, *, post: bool = False) -> Callable[..., Any]:
         async def run(request: Request) -> Response:
-            denied = self.access.denial(request)
+            denied = await self.access.denial(request)
             if denied is not None:
                 log.warning(
                     "console access refused (%s %s): %s", request.method, request.url.path, denied

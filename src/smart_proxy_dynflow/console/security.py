@@ -1,13 +1,19 @@
 """Who may open the console, and how its forms are protected.
 
-**Access** (:class:`ConsoleAccess`, checked on every console request):
+**Access** (:class:`ConsoleAccess`, checked on every console request but its static files):
 
 * over HTTPS with ``console_auth`` (the default) the request must come with a client
-  certificate, which the TLS layer has already verified against the CA (``ssl_ca_file``); the
-  standalone core additionally wants the Smart Proxy's own certificate (``check_certificate``,
-  the serial check of its task API), as the original did;
+  certificate, which the TLS layer has already verified against the CA (``ssl_ca_file``);
+* with ``console_auth`` the client must then pass ``check_client``, the same check as the task
+  API: on the Smart Proxy its authorizer (``trusted_hosts``: the certificate's CN over HTTPS,
+  reverse DNS over HTTP), or one built from ``console_trusted_hosts`` when that is set (it then
+  replaces ``trusted_hosts`` for the console); on the standalone core the Smart Proxy's own
+  certificate (the serial check of its task API, :func:`core_console_check`) or a certificate
+  whose CN is in the core's ``console_trusted_hosts``. (The original accepted any certificate
+  of the CA: a managed host's certificate read every job's script and halted plans.)
 * over plain HTTP the console answers only when ``console_http`` is true; otherwise 403 with a
   message that says what to do. (The original served the console over HTTP without any check.)
+* ``console_auth: false`` turns every check off but ``console_http``.
 
 **Forms** (:class:`FormGuard`): every action is a POST carrying a signed token that must equal
 the ``SameSite=Strict`` cookie the console set (a double-submit token signed with a per-process
@@ -22,14 +28,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
 from smart_proxy.server import client_certificate, is_https
-from smart_proxy.tls import ClientCertificate
 
 CSRF_COOKIE = "dynflow_console_csrf"
 CSRF_FIELD = "csrf_token"
@@ -49,43 +54,63 @@ def plain_http_refused(settings_file: str) -> str:
     )
 
 
+ClientCheck = Callable[[Request], Awaitable[str | None]]
+"""Why a client may not open the console (None: it may), e.g. ``Authorizer.refusal``."""
+
+
 @dataclass
 class ConsoleAccess:
-    """The console's access settings: ``console_auth`` and ``console_http``."""
+    """The console's access settings: ``console_auth``, ``console_http`` and who may come."""
 
     console_auth: bool = True
     console_http: bool = False
-    # Over HTTPS with console_auth: an extra check of the verified certificate; returns the
-    # reason to refuse it, None to accept.
-    check_certificate: Callable[[ClientCertificate], str | None] | None = None
+    # With console_auth, on both listeners: the check of the client (trusted hosts, the
+    # proxy's serial); returns the reason to refuse it, None to accept.
+    check_client: ClientCheck | None = None
     # Named in the refusal of plain HTTP ("set console_http: true in <settings_file>").
     settings_file: str = "the settings"
 
-    def denial(self, request: Request) -> str | None:
+    async def denial(self, request: Request) -> str | None:
         """Why this request may not see the console, None when it may."""
         if not is_https(request.scope):
-            return None if self.console_http else plain_http_refused(self.settings_file)
-        if not self.console_auth:
+            if not self.console_http:
+                return plain_http_refused(self.settings_file)
+        elif self.console_auth and client_certificate(request.scope) is None:
+            return NO_CERTIFICATE
+        if not self.console_auth or self.check_client is None:
+            return None
+        return await self.check_client(request)
+
+
+def core_console_check(
+    expected_serial: int, console_trusted_hosts: Iterable[str] | None = None
+) -> ClientCheck:
+    """The standalone core over HTTPS: the Smart Proxy's own certificate (``expected_serial``,
+    as its task API; the relay comes with it), or one whose CN is in ``console_trusted_hosts``.
+    Plain HTTP is not checked (as the core's task API; ``console_http`` decides)."""
+    trusted = {host.lower() for host in console_trusted_hosts or ()}
+
+    async def check(request: Request) -> str | None:
+        if not is_https(request.scope):
             return None
         cert = client_certificate(request.scope)
         if cert is None:
             return NO_CERTIFICATE
-        if self.check_certificate is not None:
-            return self.check_certificate(cert)
-        return None
-
-
-def serial_check(expected_serial: int) -> Callable[[ClientCertificate], str | None]:
-    """Accept only the certificate with ``expected_serial`` (the Smart Proxy's own)."""
-
-    def check(cert: ClientCertificate) -> str | None:
-        if cert.serial != expected_serial:
+        if cert.serial == expected_serial:
+            return None
+        if cert.subject_cn and cert.subject_cn.lower() in trusted:
+            return None
+        if trusted:
             return (
-                "SSL certificate with unexpected serial supplied: the core's console accepts "
-                "only the Smart Proxy's certificate. Open the console through the Smart Proxy "
-                "(/dynflow/console)."
+                f"SSL certificate with unexpected serial supplied: {cert.subject_cn or 'no CN'} "
+                "is neither the Smart Proxy nor in console_trusted_hosts of the core's "
+                "settings.yml."
             )
-        return None
+        return (
+            "SSL certificate with unexpected serial supplied: the core's console accepts "
+            "only the Smart Proxy's certificate. Open the console through the Smart Proxy "
+            "(/dynflow/console), or list the client's CN in console_trusted_hosts."
+        )
 
     return check
 

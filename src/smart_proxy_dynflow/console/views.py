@@ -3,7 +3,9 @@
 Nothing here queries the database: the application loads plans, output chunks and counts
 through the world's public methods and hands them in. Every value shown passes the redaction
 the task API uses (:func:`smart_proxy.redact.redact` for data, :func:`redact_text` for free
-text such as error messages, backtraces and command output).
+text such as error messages, backtraces and command output). Values nested deeper than
+:data:`MAX_SHOWN_DEPTH` are cut there and lone surrogates (stored by older versions) are shown
+as U+FFFD, so that no stored value can make a page fail.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import yaml
 
 from dynflow import flow as flows
 from dynflow.states import PLAN_STATES, RESULTS
+from smart_proxy.json_body import replace_surrogates
 from smart_proxy.redact import redact, redact_text
 
 # Output lines rendered per action on the first load; the rest is a download away.
 MAX_OUTPUT_LINES = 2000
 MAX_VALUE_CHARS = 64 * 1024
 REFERENCE_CLASS = "Dynflow::ExecutionPlan::OutputReference"
+# Levels of nesting shown of a value; deeper parts are replaced by a marker (the API accepts
+# MAX_JSON_DEPTH = 64; older versions stored up to ~480, deeper than YAML can render).
+MAX_SHOWN_DEPTH = 100
+CLIPPED = "… (nested too deeply to show)"
 
 # Columns the list can be ordered by (as shown → as stored).
 ORDER_COLUMNS = {
@@ -125,9 +132,24 @@ def _references(value: Any) -> Any:
     return value
 
 
+def _clip(value: Any, depth: int = 1) -> Any:
+    """``value`` cut below :data:`MAX_SHOWN_DEPTH` levels, lone surrogates replaced."""
+    if isinstance(value, Mapping):
+        if depth > MAX_SHOWN_DEPTH:
+            return CLIPPED
+        return {_clip(key): _clip(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if depth > MAX_SHOWN_DEPTH:
+            return CLIPPED
+        return [_clip(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return replace_surrogates(value)
+    return value
+
+
 def to_yaml(value: Any) -> str:
     """A redacted value as readable YAML (multi-line strings as blocks)."""
-    value = _references(redact(value))
+    value = _references(redact(_clip(value)))
     if isinstance(value, str) and "\n" not in value:
         text = value
     else:
@@ -146,7 +168,7 @@ def to_yaml(value: Any) -> str:
             text = text[:-4].rstrip()
     if len(text) > MAX_VALUE_CHARS:
         text = text[:MAX_VALUE_CHARS] + f"\n… ({len(text) - MAX_VALUE_CHARS} more characters)"
-    return text
+    return replace_surrogates(text)
 
 
 # ---- the plan list ------------------------------------------------------------------------------
