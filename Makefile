@@ -7,10 +7,13 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 PIP_TOOLS_VENV := $(VENV)-piptools
-PYTEST_ARGS ?=
+# `make test` leaves out the long runs of the fault suite (marker `reliability`: make reliability).
+PYTEST_ARGS ?= -m "not reliability"
+RELIABILITY_ARGS ?=
+RELIABILITY_FIGURES ?= var/reliability-figures.jsonl
 LOCK_ARGS   ?=
 
-.PHONY: venv run run-core run-relay demo test lint bench lock clean
+.PHONY: venv run run-core run-relay demo test reliability lint bench lock clean
 
 venv: $(STAMP)
 
@@ -44,6 +47,19 @@ demo: venv
 test: venv
 	scripts/test-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault suite, fast and long runs (docs/reliability.md): SIGKILL/SIGTERM with hundreds of
+# jobs, Foreman away, PostgreSQL restarted, the SQLite disk full, hosts failing, hostile input,
+# property tests. Every figure is printed as a JSON line and collected in $(RELIABILITY_FIGURES).
+# Needs root (sshd users, tmpfs, network namespaces); under 30 minutes on 2 cores.
+reliability: venv
+	scripts/test-deps.sh
+	@mkdir -p $(dir $(RELIABILITY_FIGURES)) && : > $(RELIABILITY_FIGURES)
+	RELIABILITY_FIGURES=$(abspath $(RELIABILITY_FIGURES)) $(PY) -m pytest tests/reliability $(RELIABILITY_ARGS)
+	@# long runs other parts keep next to their tests (exit 5: there are none)
+	RELIABILITY_FIGURES=$(abspath $(RELIABILITY_FIGURES)) $(PY) -m pytest tests -m reliability \
+		--ignore=tests/reliability $(RELIABILITY_ARGS) || test $$? -eq 5
+	@echo "figures: $(RELIABILITY_FIGURES) ($$(wc -l < $(RELIABILITY_FIGURES)) lines)"
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench examples scripts
