@@ -10,9 +10,11 @@ of their own.
 
 Output is published as it arrives (``stdout`` records, decoded as UTF-8 with replacement
 characters), and the dispatcher is asked to deliver it at most every :data:`NEWS_INTERVAL`
-seconds. The exit status is the script's; 255 when the connection was lost (or could not be
-made at all: a debug record says why), 0 when it was lost after a power action announced itself
-(``restart host`` / ``shutdown host``, §5.11), ``EXCEPTION`` when the job could not be set up.
+seconds. The exit status is the script's; 255 when the connection was lost while the job ran
+(the original's ``ssh`` exits 255 then), 0 when it was lost after a power action announced
+itself (``restart host`` / ``shutdown host``, §5.11), ``EXCEPTION`` when the job could not be
+set up, a host that cannot be reached included (as the original: its ``start`` raises and
+publishes "Error initializing command: <Class> - <message>").
 
 ``kill`` (cancel, and ``timeout`` after its debug line) SIGTERMs the job's whole process
 group on the host; the job then ends with 143.
@@ -42,6 +44,7 @@ from typing import Any
 
 import asyncssh
 
+from smart_proxy_dynflow.continuous_output import format_exception
 from smart_proxy_dynflow.runner import EXCEPTION_STATUS, Runner, SuspendedAction
 
 from .connection import HostUnreachable, StartSlot, connect
@@ -448,7 +451,7 @@ class ScriptRunner(Runner):
             slot.give_back()
 
     async def _reattach(self, slot: StartSlot) -> None:
-        if not await self._connect(slot):
+        if not await self._connect(slot, "Error re-attaching to the job"):
             return
         try:
             await self._follow(may_launch=not self.started_before)
@@ -596,18 +599,22 @@ class ScriptRunner(Runner):
 
     # -- internals -----------------------------------------------------------
 
-    async def _connect(self, slot: StartSlot | None = None) -> bool:
+    async def _connect(
+        self, slot: StartSlot | None = None, context: str = "Error initializing command"
+    ) -> bool:
         try:
             self._conn = await connect(
                 self.options, self.known_hosts, logger=self.logger, slot=slot
             )
         except HostUnreachable as exc:
-            self.logger.error("%s: %s", self, exc)
-            self.publish_data(str(exc), "debug")
-            self.publish_exit_status(255)
+            # An expected failure: one log line, no traceback; the job ends as in the original.
+            message = format_exception(context, exc)
+            self.logger.error("%s: %s", self, message)
+            self.publish_data(message, "debug")
+            self.publish_exit_status(EXCEPTION_STATUS)
             return False
         except Exception as exc:
-            self.publish_exception("Error initializing command", exc)
+            self.publish_exception(context, exc)
             return False
         return True
 
@@ -641,7 +648,8 @@ class ScriptRunner(Runner):
             command = launch_command(script=self.options.script, **kwargs)
             if len(command.encode()) <= COMMAND_LIMIT:
                 return command, False
-        return launch_command(script=None, script_on_stdin=True, **kwargs), True
+        size = len(self.options.script.encode())
+        return launch_command(script=None, script_on_stdin=True, script_size=size, **kwargs), True
 
     async def _launch(self, *, replace: bool = False) -> bool:
         options = self.options

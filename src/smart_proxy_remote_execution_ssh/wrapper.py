@@ -70,7 +70,8 @@ def wrapper_script(directory: str, command: str) -> str:
     started`` (the launch command runs the inner call under unshare itself, one process less,
     and so knows the wrapper could be executed: the noexec preflight). SIGHUP is ignored and
     ``tee`` ignores SIGPIPE, so the job (and its ``output`` file) keeps going when the proxy's
-    connection is lost.
+    connection is lost; the ``started`` line is printed with SIGPIPE ignored (a channel the
+    proxy's crash closed just before does not kill the wrapper after it wrote its pid).
     """
     d = shlex.quote(directory)
     wrapper = shlex.quote(f"{directory}/script-wrapper")
@@ -86,7 +87,11 @@ if [ "$1" != inner ]; then
 fi
 [ -e /dev/fd/3 ] && exec 2>&3 3>&-
 echo $$ > {d}/pid
-if [ -n "${{REX_MARKER:-}}" ]; then printf '%s started\\n' "$REX_MARKER"; fi
+if [ -n "${{REX_MARKER:-}}" ]; then
+  trap '' PIPE  # a channel closed by a crash of the proxy must not stop the job here
+  printf '%s started\\n' "$REX_MARKER"
+  trap - PIPE
+fi
 unset REX_MARKER
 (
   {command}
@@ -149,6 +154,15 @@ def _setfacl(user: str | None, perms: str, *paths: str) -> str:
     )
 
 
+def _upload(path_expr: str, size: int) -> str:
+    """Write stdin to ``path_expr``; fewer than ``size`` bytes (the stream was cut) is a
+    failed upload."""
+    return (
+        f"cat > {path_expr} || rex_fail upload $?\n"
+        f'[ "$(wc -c < {path_expr})" -eq {size} ] || rex_fail upload 1\n'
+    )
+
+
 def launch_command(
     *,
     directory: str,
@@ -158,6 +172,7 @@ def launch_command(
     cleanup: bool,
     pty: bool = False,
     script_on_stdin: bool = False,
+    script_size: int | None = None,
     replace: bool = False,
 ) -> str:
     """The launch channel's command (see the module doc).
@@ -167,8 +182,10 @@ def launch_command(
 
     ``script`` is part of the command unless ``script_on_stdin`` (then the runner writes it
     to the channel's stdin and closes it; no cleanup acknowledgement is possible then, the
-    runner removes the directory itself). With ``pty`` (a user switch that needs a password)
-    the command stops after the setup (printing ``<marker> ready``) and
+    runner removes the directory itself; ``script_size``, its length in bytes, is checked
+    after the upload: a stream cut short, e.g. by a crash of the proxy, fails the launch at
+    ``upload`` instead of running a truncated script). With ``pty`` (a user switch that
+    needs a password) the command stops after the setup (printing ``<marker> ready``) and
     :func:`pty_run_command` continues.
 
     Few processes are spawned (each costs the host about a millisecond): files are written
@@ -189,9 +206,11 @@ def launch_command(
     wrapper = wrapper_script(directory, method.command(f"{directory}/script"))
     parts.append(_write('"$d/script-wrapper"', wrapper))
     parts.append(': > "$d/output" || rex_fail upload $?\n')
+    if script_on_stdin and script_size is None:
+        raise ValueError("a script sent on stdin needs its script_size")
     if user is None:
         if script_on_stdin:
-            parts.append(f"cat > {target} || rex_fail upload $?\n")
+            parts.append(_upload(target, script_size or 0))
         else:
             parts.append(_write(target, script or ""))
         parts.append(f'chmod 500 {target} "$d/script-wrapper" || rex_fail upload $?\n')
@@ -200,7 +219,7 @@ def launch_command(
         # All modes are set before the ACLs: a later chmod would clear the ACL mask.
         parts.append(f"printf '{PREFLIGHT_SCRIPT}' > \"$d/script\" || rex_fail upload $?\n")
         if script_on_stdin:
-            parts.append('cat > "$d/script.new" || rex_fail upload $?\n')
+            parts.append(_upload('"$d/script.new"', script_size or 0))
         else:
             parts.append(_write('"$d/script.new"', script or ""))
         parts.append(

@@ -131,6 +131,30 @@ def test_job_survives_a_closed_stdout(tmp_path: Path) -> None:
     assert (directory / "exit_code").read_text() == "5\n"
 
 
+def test_job_runs_when_stdout_is_gone_before_the_started_line(tmp_path: Path) -> None:
+    """The proxy died while the launch was starting the wrapper: its ``started`` line hits a
+    closed channel. The job must still run (before, SIGPIPE killed the wrapper after it had
+    written its pid: the job never ran, and the proxy reported exit 1 for it)."""
+    witness = tmp_path / "ran"
+    directory, wrapper = make_job(tmp_path, f"#!/bin/sh\ntouch {witness}\necho done\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads the channel any more
+    try:
+        proc = subprocess.run(
+            [str(wrapper)],
+            stdout=write_end,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "REX_MARKER": "REX-1"},
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert witness.exists()
+    assert (directory / "exit_code").read_text() == "0\n"
+    assert (directory / "output").read_text() == "done\n"
+    assert proc.returncode == 0
+
+
 # -- the launch command, as sshd would run it -------------------------------------------------
 
 
@@ -249,6 +273,7 @@ def test_launch_with_script_on_stdin(tmp_path: Path) -> None:
         marker=marker,
         cleanup=True,
         script_on_stdin=True,
+        script_size=len(script.encode()),
     )
     assert "padding" not in command
     proc = run_launch(command, stdin=script)
@@ -256,6 +281,28 @@ def test_launch_with_script_on_stdin(tmp_path: Path) -> None:
     assert proc.stdout == f"{marker} started\nbig\n{marker} exit 0\n"
     assert directory.exists()  # no acknowledgement possible: the runner removes it
     assert (directory / "script").read_text() == script
+
+
+def test_a_script_upload_cut_short_is_a_failed_upload_not_a_run(tmp_path: Path) -> None:
+    """The proxy dies while streaming a big script: the host sees the end of stdin early.
+    The truncated script must not run (it could be any prefix of the admin's script)."""
+    directory = Path(remote_dir(str(tmp_path), "job-cut"))
+    marker = new_marker()
+    witness = tmp_path / "ran"
+    script = f"#!/bin/sh\ntouch {witness}\n" + "# padding\n" * 100
+    command = launch_command(
+        directory=str(directory),
+        script=None,
+        method=UserMethod(),
+        marker=marker,
+        cleanup=True,
+        script_on_stdin=True,
+        script_size=len(script.encode()),
+    )
+    proc = run_launch(command, stdin=script[: len(script) // 2])
+    assert f"{marker} fail upload 1" in proc.stderr
+    assert f"{marker} started" not in proc.stdout
+    assert not witness.exists()
 
 
 def test_launch_reports_a_failing_mkdir(tmp_path: Path) -> None:
