@@ -54,7 +54,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import h11
 import uvicorn
@@ -364,8 +364,9 @@ class _RawProtocol(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.Transport)
-        self._raw_transport = transport
+        # uvloop's transports (the loop as shipped) are not asyncio.Transport subclasses.
+        # uvloop's transports (the loop as shipped) are not asyncio.Transport subclasses.
+        self._raw_transport = cast(asyncio.Transport, transport)
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
