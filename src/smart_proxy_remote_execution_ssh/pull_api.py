@@ -21,6 +21,7 @@ an update the database cannot take now is 503.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +78,9 @@ def _timestamp(value: Any, where: str) -> float:
     return moment.timestamp()
 
 
+_EXIT_CODE_TEXT = re.compile(r"[ \t\n\r]*-?[0-9]{1,20}[ \t\n\r]*")
+
+
 def _exit_code(value: Any, where: str) -> int:
     if isinstance(value, bool):
         raise PayloadError(f"{where}: 'exit_code' must be an integer, got {value!r}")
@@ -84,8 +88,8 @@ def _exit_code(value: Any, where: str) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and _EXIT_CODE_TEXT.fullmatch(value):
+        return int(value)  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
     raise PayloadError(f"{where}: 'exit_code' must be an integer, got {value!r}")
 
 

@@ -389,6 +389,9 @@ async def test_legacy_payloads_bad_payloads_and_plain_pull_mode(tmp_path, forema
                 (b'{"output": 5}', "'output' must be a string"),
                 (b'{"output": "x", "type": "weird"}', "'type' must be one of"),
                 (b'{"exit_code": "zero"}', "'exit_code' must be an integer"),
+                # digits str.isdigit() takes but int() refuses: once a 500
+                ('{"exit_code": "\u00b2"}'.encode(), "'exit_code' must be an integer"),
+                (b'{"exit_code": "' + b"9" * 5000 + b'"}', "'exit_code' must be an integer"),
             ]
             for body, message in bad:
                 answer = await client.post(update, content=body, headers=JSON)
