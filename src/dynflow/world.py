@@ -333,7 +333,14 @@ class World:
         id: str | None = None,
         caller_action: Action | None = None,
     ) -> Triggered | PlanningFailed:
-        """Plan and start executing; planning and the start share one transaction."""
+        """Plan and start executing; planning and the start share one transaction.
+
+        While the world stops, a step still running here (e.g. a batch planning its children)
+        may trigger: the plan is stored ``planned`` and runs at the next start (auto-execute);
+        the returned ``finished`` future fails with :class:`ExecutionRejected`. Refused, the
+        plan would be lost although its caller had asked for it."""
+        if self._started and self.terminating:
+            return await self._plan_for_next_start(action_class, args, kwargs, id, caller_action)
         self._check_running()
         plan = self._plan_in_memory(action_class, args, kwargs or {}, id, caller_action)
         if plan.state == "planned" and not await locks.acquire_planning_locks(self, plan):
@@ -346,6 +353,28 @@ class World:
             return PlanningFailed(plan.id, failed[0].error if failed else None)
         future = await self._start(plan, insert=True)
         return Triggered(plan.id, future)
+
+    async def _plan_for_next_start(
+        self,
+        action_class: type[Action],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        id: str | None,
+        caller_action: Action | None,
+    ) -> Triggered | PlanningFailed:
+        plan = await self.plan_with_options(
+            action_class, args=args, kwargs=kwargs, id=id, caller_action=caller_action
+        )
+        if plan.state != "planned":
+            failed = plan.failed_steps()
+            return PlanningFailed(plan.id, failed[0].error if failed else None)
+        log.info("world %s is stopping: plan %s runs at the next start", self.id, plan.id)
+        finished: asyncio.Future[ExecutionPlan] = asyncio.get_running_loop().create_future()
+        finished.set_exception(
+            ExecutionRejected(f"the world is stopping; plan {plan.id} runs at the next start")
+        )
+        finished.exception()  # retrieved: nobody need wait for it
+        return Triggered(plan.id, finished)
 
     async def execute(self, plan_id: str) -> asyncio.Future[ExecutionPlan]:
         """Start (or resume) a planned or paused plan; returns the future of its end."""

@@ -26,6 +26,8 @@ logger = logging.getLogger("smart_proxy_dynflow.dispatcher")
 
 Deliver = Callable[[SuspendedAction, Update], Awaitable[bool | None]]
 
+STOP_GRACE = 5.0
+"""Seconds :meth:`Dispatcher.stop` waits for exit statuses being stored."""
 _KILL = "kill"
 _EXTERNAL_EVENT = "external_event"
 _REFRESH_OUTPUT = "refresh_output"
@@ -43,6 +45,7 @@ class _RunnerState:
     refresh_output_pending: bool = False
     finishing: bool = False
     closed: bool = False
+    delivering_result: bool = False  # the update with the exit status is being stored
 
 
 class Dispatcher:
@@ -53,6 +56,7 @@ class Dispatcher:
         self.refresh_interval = refresh_interval
         self._runners: dict[str, _RunnerState] = {}
         self._aux_tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[_RunnerState] = set()  # finished, their tasks closing them
 
     # -- public API ----------------------------------------------------------
 
@@ -114,8 +118,28 @@ class Dispatcher:
         return {"runners": len(self._runners)}
 
     async def stop(self) -> None:
-        """Cancel every runner task and close the runners, delivering nothing more."""
-        states = list(self._runners.values())
+        """Cancel every runner task and close the runners, delivering nothing more.
+
+        Runners storing an exit status, or closing after one, get up to :data:`STOP_GRACE`
+        seconds, in all, to see it stored and close as after any job (removing their traces on
+        the target), including those that begin storing one while others are waited for:
+        cancelled in between, the engine would still store the status while the runner, closed
+        without knowing it or cut short while closing, left the job's directory on the host for
+        good. Runners doing anything else are cancelled at once; they re-attach after the
+        restart."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        while (remaining := deadline - loop.time()) > 0:
+            ending = [
+                s.task
+                for s in (*self._runners.values(), *self._closing)
+                if (s.delivering_result or s.finishing) and s.task is not None and not s.task.done()
+            ]
+            if not ending:
+                break
+            await asyncio.wait(ending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        # From here on, no await until every task is cancelled: none can begin storing a result.
+        states = [*self._runners.values(), *self._closing]
         self._runners.clear()
         tasks = [state.task for state in states if state.task is not None]
         tasks.extend(self._aux_tasks)
@@ -182,7 +206,11 @@ class Dispatcher:
             state.finishing = True
             if self._runners.get(runner.id) is state:
                 del self._runners[runner.id]
-            await self._close(state)
+            self._closing.add(state)
+            try:
+                await self._close(state)
+            finally:
+                self._closing.discard(state)
 
     async def _process(self, state: _RunnerState, command: str, payload: Any) -> None:
         """Run one command against the runner; exceptions become runner errors."""
@@ -217,8 +245,13 @@ class Dispatcher:
                 or receiver == runner.suspended_action
             )
             target = receiver if receiver is not None else state.suspended_action
-            stored = await self._safe_deliver(target, update)
-            if main and update.exit_status is not None:
+            result = main and update.exit_status is not None
+            state.delivering_result = result
+            try:
+                stored = await self._safe_deliver(target, update)
+            finally:
+                state.delivering_result = False
+            if result:
                 finished = True
                 if stored:
                     runner.result_stored()
@@ -239,6 +272,7 @@ class Dispatcher:
         state.finishing = True
         if self._runners.get(state.runner.id) is state:
             del self._runners[state.runner.id]
+        self._closing.add(state)
 
     async def _close(self, state: _RunnerState) -> None:
         if state.closed:

@@ -401,6 +401,116 @@ async def test_stop_cancels_and_closes_without_delivering(recorder: Recorder) ->
     assert busy.refreshes == refreshes
 
 
+async def test_stop_lets_an_exit_status_being_stored_finish() -> None:
+    """A stop (SIGTERM) while the exit status is being stored: the runner still learns that
+    it was stored and closes knowing it (it removes the job's directory on the host then);
+    cancelled in between, the engine stored the status anyway and the directory stayed."""
+    storing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_store(receiver: SuspendedAction, update: Update) -> bool:
+        if update.exit_status is not None:
+            storing.set()
+            await release.wait()  # the engine's save of the step
+        return True
+
+    class Remembering(FakeRunner):
+        stored_when_closed: bool | None = None
+
+        async def close(self) -> None:
+            self.stored_when_closed = self.is_result_stored
+            await super().close()
+
+    dispatcher = Dispatcher(slow_store, refresh_interval=INTERVAL)
+    runner = Remembering(exit_after=1, suspended_action=ACTION)
+    dispatcher.start(ACTION, runner)
+    await asyncio.wait_for(storing.wait(), 3)
+    stopping = asyncio.ensure_future(dispatcher.stop())
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(stopping, 3)
+    assert runner.closed == 1
+    assert runner.stored_when_closed is True
+
+
+async def test_stop_waits_for_an_exit_status_that_begins_storing_during_the_grace() -> None:
+    """While stop waits for one exit status being stored, another job ends and its status
+    begins to be stored: stop waits for that one too, and both runners close knowing their
+    results were stored (a snapshot of the runners storing at the stop's start missed it)."""
+    first, second = SuspendedAction("plan", 1), SuspendedAction("plan", 2)
+    storing = {first: asyncio.Event(), second: asyncio.Event()}
+    release = {first: asyncio.Event(), second: asyncio.Event()}
+    second_may_end = asyncio.Event()
+
+    async def slow_store(receiver: SuspendedAction, update: Update) -> bool:
+        if update.exit_status is not None:
+            storing[receiver].set()
+            await release[receiver].wait()
+        return True
+
+    class Remembering(FakeRunner):
+        stored_when_closed: bool | None = None
+
+        async def refresh(self) -> None:
+            if self.suspended_action == second:
+                if second_may_end.is_set():
+                    self.publish_exit_status(0)
+                return
+            await super().refresh()
+
+        async def close(self) -> None:
+            self.stored_when_closed = self.is_result_stored
+            await super().close()
+
+    dispatcher = Dispatcher(slow_store, refresh_interval=INTERVAL)
+    runners = {
+        first: Remembering(exit_after=1, suspended_action=first),
+        second: Remembering(suspended_action=second),
+    }
+    for action, runner in runners.items():
+        dispatcher.start(action, runner)
+    await asyncio.wait_for(storing[first].wait(), 3)
+    stopping = asyncio.ensure_future(dispatcher.stop())
+    second_may_end.set()
+    await asyncio.wait_for(storing[second].wait(), 3)
+    release[first].set()
+    await wait_until(lambda: runners[first].closed == 1)
+    assert not stopping.done()  # the second status is still being stored
+    release[second].set()
+    await asyncio.wait_for(stopping, 3)
+    assert [r.stored_when_closed for r in runners.values()] == [True, True]
+
+
+async def test_stop_lets_a_runner_closing_after_its_stored_result_finish() -> None:
+    """A stop while a finished runner is closing (removing the job's directory on the host
+    after its exit status was stored) waits for the close instead of cutting it short."""
+    closing = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowClose(FakeRunner):
+        completed_close = False
+
+        async def close(self) -> None:
+            closing.set()
+            await release.wait()  # the host removing the directory
+            self.completed_close = True
+            await super().close()
+
+    async def store(receiver: SuspendedAction, update: Update) -> bool:
+        return True
+
+    dispatcher = Dispatcher(store, refresh_interval=INTERVAL)
+    runner = SlowClose(exit_after=1, suspended_action=ACTION)
+    dispatcher.start(ACTION, runner)
+    await asyncio.wait_for(closing.wait(), 3)
+    stopping = asyncio.ensure_future(dispatcher.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 3)
+    assert runner.completed_close and runner.is_result_stored
+
+
 async def test_process_runner_end_to_end(dispatcher: Dispatcher, recorder: Recorder) -> None:
     runner = ProcessRunner(["sh", "-c", "echo out; echo err >&2; exit 3"], suspended_action=ACTION)
     dispatcher.start(ACTION, runner)
