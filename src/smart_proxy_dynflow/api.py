@@ -20,6 +20,7 @@ U+FFFD.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -57,8 +58,13 @@ log = logging.getLogger("smart_proxy_dynflow.api")
 
 Authorize = Callable[[Request], Awaitable[Response | None]]
 
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_BODY = 256 * 1024 * 1024
+"""The largest request body (``max_body_size``): Foreman launches 100 hosts in one request, each
+with its own copy of the script, so a 2 MB script makes a 200 MB launch."""
 STATUSES_ERROR = "'task_ids' needs to be provided and be a non-empty array of task UUIDs"
+STEP_ID_TEXT = re.compile(r"[ \t\n\r]*[0-9]{1,20}[ \t\n\r]*")
+"""A ``step_id`` given as text, as the OpenAPI document says: at most 20 ASCII digits
+(``str.isdigit`` also takes ``"²"``, and ``int`` refuses that and more than 4300 digits)."""
 
 
 @dataclass
@@ -351,7 +357,7 @@ class TaskApi:
         task_id = request.path_params["task_id"]
         body = await self.body(request)
         step_id = body.get("step_id")
-        if isinstance(step_id, str) and step_id.strip().isdigit():
+        if isinstance(step_id, str) and STEP_ID_TEXT.fullmatch(step_id):
             step_id = int(step_id)
         if not isinstance(step_id, int) or isinstance(step_id, bool):
             raise ApiError(422, "'step_id' must be the integer id of a step")
@@ -378,14 +384,17 @@ class TaskApi:
 
     # ---- presentation ---------------------------------------------------------------------------
     def task_ids(self, body: dict[str, Any], *, required: bool) -> list[str]:
+        """The strings in ``task_ids``. Other items are ignored: Foreman's safety-net poll
+        sends ``null`` for every task without a parent, and takes any error as "all of this
+        proxy's tasks are gone"."""
         ids = body.get("task_ids")
         if ids is None or ids == []:
             if required:
                 raise ApiError(422, STATUSES_ERROR)
             return []
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        if not isinstance(ids, list):
             raise ApiError(422, "'task_ids' must be an array of task UUID strings")
-        return ids
+        return [i for i in ids if isinstance(i, str)]
 
     async def status_body(self, task_id: str) -> bytes | None:
         """The rendered status of a task (None if unknown), cached while the plan is unchanged.
@@ -426,6 +435,10 @@ class TaskApi:
                     output = RunnerAction.live_output(output, chunks)
                     if state in ("running", "suspended") and output.get("runner_id"):
                         runner_ids.append(output["runner_id"])
+                if not isinstance(output.get("result"), list):
+                    # Before its run step started the output is {}; Foreman (REX) iterates
+                    # output.result at every read and shows "Error loading data from proxy".
+                    output = {**output, "result": []}
             entry["output"] = output
             entry["input"] = redact(entry.get("input") or {})
             actions.append(world.present_action(plan, action.id, entry))
@@ -471,8 +484,12 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error(404, f"no such endpoint: {request.method} {request.url.path}")
-    if exc.status_code == 405:
-        return error(405, f"method {request.method} not allowed on {request.url.path}")
+    if exc.status_code == 405:  # with the route's Allow header (RFC 9110 §15.5.6)
+        return JSONResponse(
+            {"error": f"method {request.method} not allowed on {request.url.path}"},
+            status_code=405,
+            headers=exc.headers,
+        )
     return error(exc.status_code, str(exc.detail))
 
 

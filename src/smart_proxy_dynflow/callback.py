@@ -5,13 +5,26 @@ proxy's client certificate; only HTTP 200 counts as delivered.
 
 :class:`CallbackAction` (one task) and :class:`BatchCallbackAction` (a group launch, one
 request for many tasks) are ordinary engine actions, which is what makes them durable: their
-data is in the database before the first attempt; a failed attempt schedules a stored retry
-event with exponential back-off (``callback_retry_interval`` doubling up to
-``callback_retry_max_interval``); after a restart the step runs again and sends at once, also
-when it was in flight at a crash. Once Foreman answered 200 and that was stored, the callback is
-never sent again. After
-``callback_retry_timeout`` without success the step fails ("Failed performing callback to
-Foreman server: ..."), the plan is paused, and Foreman's own status polling picks the result up.
+data is in the database before the first attempt; after a restart the step runs again and
+sends at once, also when it was in flight at a crash. Once Foreman answered 200 and that was
+stored, the callback is never sent again.
+
+What a failed attempt does depends on the answer (:attr:`CallbackFailed.permanent`):
+
+* Foreman **rejected** the callback (a 4xx other than 408 and 429: not authorised, unknown
+  task, bad request): sending it again cannot help, so the step fails at once with "Failed
+  performing callback to Foreman server: <code> <body>", as the original's
+  ``Callback::Action`` does (it raises, the step errors, the plan pauses).
+* Foreman could not be reached, or answered 5xx, 408 or 429: a stored retry event is planned
+  with exponential back-off (``callback_retry_interval`` doubling up to
+  ``callback_retry_max_interval``), for at most ``callback_retry_window`` seconds (default
+  600) from the first attempt; then the step fails the same way.
+
+Either way the plan is then ``paused`` with its full result: the runner action's output
+(``result``, ``exit_status``) is in ``GET /tasks/:id/status``, and Foreman's own safety-net poll
+(``POST /tasks/status`` every 600 s, which acts on ``stopped`` and ``paused`` plans) closes the
+job from it. The cleaner keeps paused plans for 7 days (``stopped`` ones only
+``execution_plan_cleaner_age``), far longer than the poll needs.
 """
 
 from __future__ import annotations
@@ -32,8 +45,22 @@ CALLBACK_PATH = "/foreman_tasks/api/tasks/callback"
 RETRY = "smart_proxy_dynflow.callback.retry"
 
 
+TRANSIENT_CLIENT_ERRORS = frozenset({408, 429})
+"""4xx answers that say "later" (request timeout, too many requests), not "never"."""
+
+
 class CallbackFailed(Exception):
-    pass
+    """An attempt failed; ``status`` is Foreman's HTTP status (None: no answer at all)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def permanent(self) -> bool:
+        """Foreman rejected the callback (4xx but 408/429): sending it again cannot help."""
+        status = self.status
+        return status is not None and 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS
 
 
 def callback_url(foreman_url: str) -> str:
@@ -82,7 +109,8 @@ class ForemanClient:
         if response.status_code != 200:
             raise CallbackFailed(
                 "Failed performing callback to Foreman server: "
-                f"{response.status_code} {response.text[:500]}"
+                f"{response.status_code} {response.text[:500]}",
+                response.status_code,
             )
 
     async def aclose(self) -> None:
@@ -118,13 +146,21 @@ class _DurableCallback(Action, abstract=True):
             await core.foreman.send(self.payload())
         except CallbackFailed as exc:
             self.output["last_error"] = str(exc)
-            waited = time.time() - float(self.output["first_attempt_at"])
-            if waited >= core.config.callback_retry_timeout:
+            if exc.permanent:
+                log.error("%s: Foreman rejected the callback, not retrying: %s", self, exc)
+                self.fail(str(exc))
+            config = core.config
+            # The retries end with the window (from the first attempt, across restarts): the
+            # last one is pulled in to its end, and a failure then is final.
+            left = float(self.output["first_attempt_at"]) + config.callback_retry_window
+            left -= time.time()
+            if left <= 0:
                 log.error("%s: giving up after %d attempts: %s", self, attempts, exc)
                 self.fail(str(exc))
             delay = min(
-                core.config.callback_retry_interval * 2 ** (attempts - 1),
-                core.config.callback_retry_max_interval,
+                config.callback_retry_interval * 2 ** (attempts - 1),
+                config.callback_retry_max_interval,
+                left,
             )
             log.warning("%s: attempt %d failed, retrying in %.1f s: %s", self, attempts, delay, exc)
             self.plan_event(RETRY, delay, optional=True)
@@ -155,10 +191,36 @@ class BatchCallbackAction(_DurableCallback):
         self.plan_self(targets=targets, results=results)
 
     def payload(self) -> dict[str, Any]:
-        results = self.input.get("results") or {}
+        results = self.input.get("results")
+        results = results if isinstance(results, dict) else {}  # the parent failed
         return {
             "callbacks": [
-                {"callback": callback, "data": results.get(key)}
+                {"callback": callback, "data": bulk_data(results.get(key))}
                 for key, callback in self.input["targets"].items()
+                if isinstance(callback, dict)  # a task Foreman gave no callback
             ]
         }
+
+
+NO_RESULT = (
+    "The smart proxy has no result of this task: it did not run, "
+    "or its group failed before the results were collected."
+)
+
+
+def bulk_data(output: Any) -> dict[str, Any]:
+    """The ``data`` of one task in a bulk callback: its output, never ``null``.
+
+    foreman-tasks' ``TasksController#callback`` calls ``data.to_unsafe_h`` on every entry (one
+    ``null`` fails the whole request with 500), and REX iterates ``data["result"]``. A task
+    without such an output (its plan is missing, it never ran, or the group's parent failed
+    before collecting) is reported as failed (``EXCEPTION``) with a debug line saying why."""
+    if isinstance(output, dict) and isinstance(output.get("result"), list):
+        return output
+    now = time.time()
+    return {
+        **(output if isinstance(output, dict) else {}),
+        "result": [{"output_type": "debug", "output": NO_RESULT, "timestamp": now}],
+        "exit_status": "EXCEPTION",
+        "exit_status_timestamp": now,
+    }

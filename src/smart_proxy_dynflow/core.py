@@ -53,7 +53,10 @@ class CoreConfig:
     foreman_ssl_key: str | None = None
     callback_retry_interval: float = 2.0
     callback_retry_max_interval: float = 300.0
-    callback_retry_timeout: float = 86400.0
+    callback_retry_window: float = 600.0
+    """Seconds from the first attempt during which a callback that could not be delivered
+    (Foreman unreachable, 5xx, 408, 429) is retried; then the plan pauses and Foreman's status
+    poll (every 600 s) closes the job from its result."""
     world_options: dict[str, Any] = field(default_factory=dict)
 
 

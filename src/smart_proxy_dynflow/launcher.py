@@ -10,6 +10,9 @@
   :class:`BatchRunnerAction` plan runs the shared runner, and Foreman gets one bulk callback.
 
 Input is validated before anything is planned, so a bad request leaves the store untouched.
+A batch launch sent again (Foreman retries after its read timeout) is idempotent: keys planned
+already with the same action are answered as launched and not planned again (only the new ones
+get a parent); a key planned with another action is a conflict (409).
 Passwords in the input (``secrets``) are sealed before anything is stored, when the core has a
 secret box (:mod:`.secret_box`): the parent of a batch stores every task's input. The parents
 erase them from their stored input once their children are planned (the children keep theirs
@@ -45,7 +48,7 @@ class LaunchInputError(ValueError):
 
 
 class DuplicateTask(ValueError):
-    """A requested task id exists already (HTTP 409)."""
+    """A requested task id exists already as another kind of task (HTTP 409)."""
 
 
 def format_result(result: Any) -> dict[str, Any]:
@@ -165,15 +168,40 @@ class BatchLauncher(Launcher):
 
     async def launch(self, input: Any) -> dict[str, Any]:
         self.validate(input)
-        existing = await self.core.world.plan_statuses({"uuid": list(input)})
-        if existing:
-            raise DuplicateTask(
-                "tasks with these ids exist already: " + ", ".join(sorted(existing))
-            )
+        launched = await self.launched_before(input)
+        todo = {key: entry for key, entry in input.items() if key not in launched}
+        if not todo:  # all of them: answered as the first launch was
+            return {"parent": {"result": "success", "task_id": next(iter(launched.values()))}}
         result = await self.core.world.trigger(
-            self.parent_action(), input_hash=self.seal(input), launcher=self.to_hash()
+            self.parent_action(), input_hash=self.seal(todo), launcher=self.to_hash()
         )
         return {"parent": format_result(result)}
+
+    async def launched_before(self, input: dict[str, Any]) -> dict[str, str]:
+        """The keys of ``input`` an earlier launch planned already, each with the id of its
+        parent plan: Foreman sends the same launch again after its read timeout, and those
+        tasks are answered as launched, not planned (run) again. A key whose plan runs
+        another action than this launch would plan is a :class:`DuplicateTask`."""
+        world = self.core.world
+        launched: dict[str, str] = {}
+        conflicts: list[str] = []
+        for key in await world.plan_statuses({"uuid": list(input)}):
+            plan = await world.load_plan(key)
+            root = plan.root_action() if plan is not None else None
+            if root is not None and type(root) is self.child_action(input[key]):
+                launched[key] = root.caller_execution_plan_id or key
+            elif plan is not None:
+                conflicts.append(key)
+        if conflicts:
+            raise DuplicateTask(
+                "tasks with these ids exist already with another action: "
+                + ", ".join(sorted(conflicts))
+            )
+        return launched
+
+    def child_action(self, entry: dict[str, Any]) -> type[Action]:
+        """The entry action of the plan of one task."""
+        return self.validate_single(entry)
 
     def parent_action(self) -> type[Action]:
         """The action of the parent plan."""
@@ -240,6 +268,9 @@ class GroupLauncher(BatchLauncher):
 
     def parent_action(self) -> type[Action]:
         return SingleRunnerBatchAction
+
+    def child_action(self, entry: dict[str, Any]) -> type[Action]:
+        return OutputCollector
 
     async def spawn_child(self, parent: Action, key: str, entry: dict[str, Any]) -> Any:
         action_input = self.transform_input(entry["action_input"])

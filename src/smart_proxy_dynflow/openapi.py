@@ -11,6 +11,18 @@ _ERROR = {
     "description": "An error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_UNAVAILABLE = {
+    **_ERROR,
+    "description": "The database cannot be used now, or the service is stopping",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again (when the database is out)",
+            "schema": {"type": "integer"},
+        }
+    },
+}
+_STEP_ID_TEXT = "^[ \\t\\n\\r]*[0-9]{1,20}[ \\t\\n\\r]*$"
+"""``step_id`` as text (the API's ``STEP_ID_TEXT``)."""
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -31,6 +43,10 @@ _TASK_ID = {
     "required": True,
     "schema": {"type": "string"},
     "description": "Execution plan id (a UUID).",
+}
+
+_TASK_ID_ITEM = {
+    "description": "A task UUID; items that are not strings (Foreman sends null) are ignored."
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -60,11 +76,12 @@ _SCHEMAS: dict[str, Any] = {
                     {"type": "object", "additionalProperties": _ref("SingleInput")},
                 ],
             },
-            "options": {"type": "object", "additionalProperties": True},
+            "options": {"type": ["object", "null"], "additionalProperties": True},
         },
     },
     "LaunchResult": {
         "type": "object",
+        "required": ["result", "task_id"],
         "properties": {
             "result": {"type": "string", "enum": ["success", "error"]},
             "task_id": {"type": "string"},
@@ -73,7 +90,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "TaskIds": {
         "type": "object",
-        "properties": {"task_ids": {"type": "array", "items": {"type": "string"}}},
+        "required": ["task_ids"],
+        "properties": {"task_ids": {"type": "array", "minItems": 1, "items": _TASK_ID_ITEM}},
+    },
+    "OptionalTaskIds": {
+        "description": "No body, null, no task_ids or null: no ids (an empty answer).",
+        "type": ["object", "null"],
+        "properties": {"task_ids": {"type": ["array", "null"], "items": _TASK_ID_ITEM}},
     },
     "StateResult": {
         "type": "object",
@@ -151,7 +174,18 @@ _SCHEMAS: dict[str, Any] = {
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    errors = {"400": _ERROR, "403": _ERROR, "413": _ERROR, "422": _ERROR}
+    # The answers every endpoint reading a JSON body may give: 400 (not acceptable JSON, not an
+    # object), 403 (authorization, cross-site), 413 (too large), 415 (not JSON), 422 (the value
+    # is wrong), 503 (the database cannot be used); 409: a stored plan cannot be read.
+    errors = {
+        "400": _ERROR,
+        "403": _ERROR,
+        "413": _ERROR,
+        "415": _ERROR,
+        "422": _ERROR,
+        "503": _UNAVAILABLE,
+    }
+    unreadable = {"409": _ERROR}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -173,6 +207,7 @@ def openapi_document() -> dict[str, Any]:
                                     _ref("LaunchResult"),
                                     {
                                         "type": "object",
+                                        "required": ["parent"],
                                         "properties": {"parent": _ref("LaunchResult")},
                                     },
                                 ],
@@ -213,13 +248,15 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(_ref("TaskStatus")),
                         "404": _json({"type": "object"}, "Unknown task (body {})"),
                         "403": _ERROR,
+                        **unreadable,
+                        "503": _UNAVAILABLE,
                     },
                 }
             },
             "/tasks/status": {
                 "post": {
                     "summary": "State and result of many tasks (unknown ids are left out)",
-                    "requestBody": _body(_ref("TaskIds"), required=False),
+                    "requestBody": _body(_ref("OptionalTaskIds"), required=False),
                     "responses": {
                         "200": _json(
                             {"type": "object", "additionalProperties": _ref("StateResult")}
@@ -236,6 +273,7 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(
                             {"type": "object", "additionalProperties": _ref("TaskStatus")}
                         ),
+                        **unreadable,
                         **errors,
                     },
                 }
@@ -262,14 +300,19 @@ def openapi_document() -> dict[str, Any]:
                                 },
                             }
                         ),
-                        **errors,
+                        "400": _ERROR,
+                        "403": _ERROR,
+                        "503": _UNAVAILABLE,
                     },
                 }
             },
             "/tasks/operations": {
                 "get": {
                     "summary": "Registered operations",
-                    "responses": {"200": _json({"type": "array", "items": {"type": "string"}})},
+                    "responses": {
+                        "200": _json({"type": "array", "items": {"type": "string"}}),
+                        "403": _ERROR,
+                    },
                 }
             },
             "/tasks/{task_id}/cancel": {
@@ -287,6 +330,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         "404": _ERROR,
+                        **unreadable,
                         **errors,
                     },
                 }
@@ -306,6 +350,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         "404": _ERROR,
+                        **unreadable,
                         **errors,
                     },
                 }
@@ -332,7 +377,14 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["step_id"],
-                                "properties": {"step_id": {"type": ["integer", "string"]}},
+                                "properties": {
+                                    "step_id": {
+                                        "anyOf": [
+                                            {"type": "integer"},
+                                            {"type": "string", "pattern": _STEP_ID_TEXT},
+                                        ]
+                                    }
+                                },
                                 "additionalProperties": True,
                             }
                         ),

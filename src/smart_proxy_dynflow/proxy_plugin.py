@@ -33,12 +33,12 @@ from smart_proxy.plugin import Plugin, Validation
 from smart_proxy.settings import SettingsError, read_settings_file
 from smart_proxy.validators import ConfigurationError
 
-from .api import create_app
+from .api import DEFAULT_MAX_BODY, create_app
 from .console import ConsoleAccess
 from .core import Core, CoreConfig
 from .plugin import load_plugins
 from .relay import Relay
-from .settings import database_url
+from .settings import RETIRED_CALLBACK_TIMEOUT, database_url
 
 log = logging.getLogger("smart_proxy_dynflow.plugin")
 
@@ -95,7 +95,8 @@ class DynflowPlugin(Plugin):
         "runner_refresh_interval": 1.0,
         "callback_retry_interval": 2.0,
         "callback_retry_max_interval": 300.0,
-        "callback_retry_timeout": 86400.0,
+        "callback_retry_window": 600.0,
+        "max_body_size": DEFAULT_MAX_BODY,
     }
     validations: ClassVar[list[Validation]] = [
         Validation("external_core", "boolean"),
@@ -105,6 +106,7 @@ class DynflowPlugin(Plugin):
         Validation("core_url", "url", when=lambda settings: bool(settings.get("external_core"))),
         Validation("database", database_setting),
         Validation("pool_size", positive_number, args="int"),
+        Validation("max_body_size", positive_number, args="int"),
         *(
             Validation(key, positive_number)
             for key in (
@@ -112,7 +114,7 @@ class DynflowPlugin(Plugin):
                 "runner_refresh_interval",
                 "callback_retry_interval",
                 "callback_retry_max_interval",
-                "callback_retry_timeout",
+                "callback_retry_window",
             )
         ),
     ]
@@ -127,6 +129,8 @@ class DynflowPlugin(Plugin):
         return bool(self.settings.get("external_core"))
 
     def core_config(self) -> CoreConfig:
+        if "callback_retry_timeout" in self.settings:
+            log.warning(RETIRED_CALLBACK_TIMEOUT)
         proxy = self.host.settings
         cert = proxy.foreman_client_cert()
         return CoreConfig(
@@ -140,7 +144,7 @@ class DynflowPlugin(Plugin):
             foreman_ssl_key=cert[1] if cert else None,
             callback_retry_interval=float(self.settings["callback_retry_interval"]),
             callback_retry_max_interval=float(self.settings["callback_retry_max_interval"]),
-            callback_retry_timeout=float(self.settings["callback_retry_timeout"]),
+            callback_retry_window=float(self.settings["callback_retry_window"]),
         )
 
     async def start(self) -> None:
@@ -154,6 +158,7 @@ class DynflowPlugin(Plugin):
                 certfile=cert[0] if cert else None,
                 keyfile=cert[1] if cert else None,
                 console=self.console_access(),
+                max_body_size=int(self.settings["max_body_size"]),
             )
             self._relay_operations = []
             self._refresher = asyncio.create_task(self._refresh_operations())
@@ -190,7 +195,10 @@ class DynflowPlugin(Plugin):
             return self.relay.app()
         assert self.core is not None
         return create_app(
-            self.core, authorize=self.host.authorizer.authorize_any, console=self.console_access()
+            self.core,
+            authorize=self.host.authorizer.authorize_any,
+            max_body_size=int(self.settings["max_body_size"]),
+            console=self.console_access(),
         )
 
     def state_note(self) -> str | None:

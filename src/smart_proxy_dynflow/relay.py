@@ -7,7 +7,8 @@ callbacks), ``Authorization`` (a host's one-time password), ``X-Request-Id``, ``
 the request's own ``Content-Type`` (the core accepts only JSON bodies). A browser's cross-site
 request (``Sec-Fetch-Site``, a foreign ``Origin``: :func:`smart_proxy.json_body.
 cross_site_denial`) is refused here with 403, as the core would; bodies are capped at the
-core's default ``max_body_size`` (413). Status, content type and body come back unchanged.
+plugin's ``max_body_size`` (413; keep it no larger than the core's). Status, content type
+and body come back unchanged.
 Towards an https core the proxy presents its client certificate (``foreman_ssl_cert``, else
 ``ssl_certificate``: the serial the core accepts) and verifies the core against
 ``foreman_ssl_ca``/``ssl_ca_file``.
@@ -76,8 +77,10 @@ class Relay:
         keyfile: str | None = None,
         timeout: float = 60.0,
         console: ConsoleAccess | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.core_url = core_url.rstrip("/")
+        self.max_body_size = max_body_size
         self.authorize = authorize
         self.console = console or ConsoleAccess()
         verify: Any = True
@@ -110,7 +113,7 @@ class Relay:
         content = None
         if request.method == "POST":
             try:
-                content = await read_body(request, DEFAULT_MAX_BODY)
+                content = bytes(await read_body(request, self.max_body_size))
             except JsonBodyError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
         if "authorization" in request.headers:

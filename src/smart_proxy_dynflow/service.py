@@ -63,7 +63,7 @@ def core_config(settings: CoreSettings) -> CoreConfig:
         foreman_ssl_key=cert[1] if cert else None,
         callback_retry_interval=float(settings.callback_retry_interval),
         callback_retry_max_interval=float(settings.callback_retry_max_interval),
-        callback_retry_timeout=float(settings.callback_retry_timeout),
+        callback_retry_window=float(settings.callback_retry_window),
     )
 
 

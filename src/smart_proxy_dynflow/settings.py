@@ -47,6 +47,11 @@ USER_CONFIG_DIR = "~/.config/smart_proxy_dynflow_core"
 # Flags the original kept in the same structure; harmless if a file carries them.
 _INTERNAL_KEYS = frozenset({"standalone", "loaded"})
 _HTTPS_FILES = ("ssl_ca_file", "ssl_certificate", "ssl_private_key")
+RETIRED_CALLBACK_TIMEOUT = (
+    "callback_retry_timeout is no longer used: a callback Foreman rejects (4xx) fails at once, "
+    "others are retried for callback_retry_window seconds (default 600), then the plan pauses "
+    "and Foreman's status poll closes the job"
+)
 
 
 def normalise_db_url(url: str) -> str:
@@ -110,7 +115,7 @@ class CoreSettings(BaseModel):
     # CNs of client certificates that may open the console directly, besides the Smart
     # Proxy's own (HTTPS with console_auth); unset: the proxy's certificate alone.
     console_trusted_hosts: list[str] | None = None
-    max_body_size: int = Field(16 * 1024 * 1024, gt=0)
+    max_body_size: int = Field(256 * 1024 * 1024, gt=0)
     # seconds a client has to send a request head (and the TLS handshake), and then its body
     http_header_timeout: float = Field(DEFAULT_HEADER_TIMEOUT, gt=0)
     http_body_timeout: float = Field(DEFAULT_BODY_TIMEOUT, gt=0)
@@ -129,7 +134,9 @@ class CoreSettings(BaseModel):
     runner_refresh_interval: float = Field(1.0, gt=0)
     callback_retry_interval: float = Field(2.0, gt=0)
     callback_retry_max_interval: float = Field(300.0, gt=0)
-    callback_retry_timeout: float = Field(86400.0, gt=0)
+    # Transient callback failures are retried for this many seconds from the first attempt,
+    # then the plan pauses and Foreman's 600 s status poll picks the result up.
+    callback_retry_window: float = Field(600.0, gt=0)
     # settings.d/<name>.yml contents
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -148,6 +155,8 @@ class CoreSettings(BaseModel):
             )
             if unknown:
                 logger.warning("Ignoring unknown settings: %s", ", ".join(unknown))
+            if "callback_retry_timeout" in data:
+                logger.warning(RETIRED_CALLBACK_TIMEOUT)
         return data
 
     @field_validator("database", mode="before")

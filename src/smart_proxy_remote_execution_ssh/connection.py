@@ -7,10 +7,12 @@ password method), ``publickey`` with the proxy key ``ssh_identity_key_file`` (an
 without one it is skipped) and, with ``kerberos_auth``, ``gssapi-with-mic``. Host keys are
 checked by :class:`~smart_proxy_remote_execution_ssh.known_hosts.KnownHosts`.
 
-Connection errors (refused, unreachable, timed out, dropped during the handshake) are retried
-``retry_count`` times in all, ``retry_interval`` seconds apart, each attempt limited to
-``connect_timeout`` seconds; then :class:`HostUnreachable` is raised. Authentication failures
-and rejected host keys are not retried.
+Each attempt is limited to ``connect_timeout`` seconds. A connection error (refused,
+unreachable, timed out, dropped during the handshake) ends the attempts at once with
+:class:`HostUnreachable`, as in the original, unless the plugin setting ``connect_retries``
+asks for more attempts (``connect_retry_interval`` seconds apart). The job input's
+``connection_options`` play no part: they are Foreman's trigger retries. Authentication
+failures and rejected host keys are never retried.
 
 The identity key is read once per process for each (path, modification time, passphrase).
 """
@@ -47,7 +49,8 @@ class ConnectError(Exception):
 
 
 class HostUnreachable(ConnectError):
-    """Every connection attempt failed with a network error (ssh would exit with 255)."""
+    """Every connection attempt failed with a network error; the job ends with "EXCEPTION"
+    (the original's ssh failed to set up its master connection, ``start`` raised)."""
 
 
 class AuthenticationFailed(ConnectError):
@@ -376,7 +379,7 @@ async def connect(
         asyncssh.import_public_key(options.host_public_key) if options.host_public_key else None
     )
     pinned_algs = [alg.decode() for alg in pinned.sig_algorithms] if pinned else []
-    attempts = max(1, options.retry_count)
+    attempts = max(1, options.connect_attempts)
     last: BaseException | None = None
     for attempt in range(1, attempts + 1):
         state = _AuthState(identity=plan.identity)
@@ -441,15 +444,16 @@ async def connect(
             )
             if slot is not None:
                 slot.give_back()
-            if attempt < attempts and options.retry_interval > 0:
-                await sleep(options.retry_interval)
+            if attempt < attempts and options.connect_retry_interval > 0:
+                await sleep(options.connect_retry_interval)
         finally:
             if sock is not None:
                 sock.close()
     assert last is not None
-    tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
     raise HostUnreachable(
-        f"Could not connect to {host}:{port} as {options.ssh_user} ({tries}): {_describe(last)}"
+        f"Could not establish connection to remote host {host}:{port} as {options.ssh_user}"
+        f"{tries}: {_describe(last)}"
     ) from last
 
 

@@ -4,6 +4,12 @@
 the plugin settings. Secrets (``secrets.ssh_password``, ``secrets.key_passphrase`` and
 ``secrets.effective_user_password``) are stored sealed (:mod:`smart_proxy_dynflow.secret_box`):
 they are opened here, with the core's box, and only here; they are kept out of ``repr()``.
+
+``connection_options`` in the input (``retry_interval``, ``retry_count``, once ``timeout``) are
+foreman-tasks' settings for retrying the *trigger* of the task on the proxy; the original plugin
+ignores them, and so does this one. How the proxy connects to the host is the plugin's
+business: ``connect_timeout`` (per attempt, default 30 s) and, off by default,
+``connect_retries`` more attempts ``connect_retry_interval`` seconds apart.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ DEFAULT_IDENTITY_KEY_FILE = "~/.ssh/id_rsa_foreman_proxy"
 DEFAULT_KNOWN_HOSTS_FILE = "~/.ssh/known_hosts"
 DEFAULT_CONNECT_TIMEOUT = 30.0
 """Seconds one connection attempt (TCP connect, key exchange and authentication) may take."""
-DEFAULT_RETRY_INTERVAL = 15.0
+DEFAULT_CONNECT_RETRIES = 0
+"""Extra connection attempts after a network error (setting ``connect_retries``): none, as
+the original: Foreman shows an unreachable host at once."""
+DEFAULT_CONNECT_RETRY_INTERVAL = 15.0
 
 
 def _truthy(value: Any) -> bool:
@@ -71,10 +80,10 @@ class ScriptOptions:
     cleanup_working_dirs: bool = True
     execution_timeout_interval: float | None = None
     first_execution: bool = False
-    retry_count: int = 1
-    """Connection attempts (at least one)."""
-    retry_interval: float = DEFAULT_RETRY_INTERVAL
-    """Seconds between two connection attempts."""
+    connect_attempts: int = 1
+    """Connection attempts (at least one): 1 + the ``connect_retries`` setting."""
+    connect_retry_interval: float = DEFAULT_CONNECT_RETRY_INTERVAL
+    """Seconds between two connection attempts (setting ``connect_retry_interval``)."""
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
     """Seconds one connection attempt may take; None for no limit."""
     ssh_identity_key_file: str = os.path.expanduser(DEFAULT_IDENTITY_KEY_FILE)
@@ -142,18 +151,12 @@ class ScriptOptions:
         if cleanup is None:
             cleanup = settings.get("cleanup_working_dirs", True)
 
-        connection = input.get("connection_options") or {}
-        if not isinstance(connection, Mapping):
-            raise ValueError("Input 'connection_options' must be a mapping")
-        retry_count = _number("connection_options.retry_count", connection.get("retry_count"))
-        retry_interval = _number(
-            "connection_options.retry_interval", connection.get("retry_interval")
-        )
-        timeout = _number("connection_options.timeout", connection.get("timeout"))
-        if timeout is None:
-            timeout = _number("connect_timeout", settings.get("connect_timeout"))
+        # input["connection_options"] is Foreman's trigger-retry policy: not ours (module doc).
+        timeout = _number("connect_timeout", settings.get("connect_timeout"))
         if timeout is None:
             timeout = DEFAULT_CONNECT_TIMEOUT
+        retries = _number("connect_retries", settings.get("connect_retries"))
+        retry_interval = _number("connect_retry_interval", settings.get("connect_retry_interval"))
 
         host_public_key = _optional_str(input.get("host_public_key"))
         if host_public_key is not None:
@@ -189,8 +192,10 @@ class ScriptOptions:
                 "execution_timeout_interval", input.get("execution_timeout_interval")
             ),
             first_execution=_truthy(input.get("first_execution", False)),
-            retry_count=max(1, int(retry_count)) if retry_count is not None else 1,
-            retry_interval=retry_interval if retry_interval is not None else DEFAULT_RETRY_INTERVAL,
+            connect_attempts=1 + int(retries if retries is not None else DEFAULT_CONNECT_RETRIES),
+            connect_retry_interval=(
+                retry_interval if retry_interval is not None else DEFAULT_CONNECT_RETRY_INTERVAL
+            ),
             connect_timeout=timeout or None,
             ssh_identity_key_file=os.path.expanduser(str(key_file)),
             kerberos_auth=_truthy(settings.get("kerberos_auth", False)),

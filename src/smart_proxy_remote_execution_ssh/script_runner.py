@@ -414,8 +414,10 @@ class ScriptRunner(Runner):
 
     @property
     def uses_pty(self) -> bool:
-        """True when the user switch needs a password typed on a terminal."""
-        return self.user_method.switches_user and bool(self.options.effective_user_password)
+        """True with a user switch (sudo, dzdo, su): its preflight and the job run on a
+        terminal, as the original's ``ssh -tt`` (hosts whose sudoers say ``Defaults
+        requiretty`` refuse a NOPASSWD switch without one; a password is typed on it)."""
+        return self.user_method.switches_user
 
     def timeout_interval(self) -> float | None:
         return self.options.execution_timeout_interval

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "mqtt_resend_interval": 900,
     "mqtt_ttl": 5,
     "max_starting_jobs": 64,
+    "connect_timeout": 30,
+    "connect_retries": 0,
+    "connect_retry_interval": 15,
 }
 """Every key with a default; optional keys without one: ``runner_refresh_interval``,
 ``ssh_ca_known_hosts_file``, ``ssh_user_ca_public_key_file``, ``known_hosts_file`` (the file
@@ -156,6 +159,7 @@ def check(
         raise ConfigurationError(
             f"Parameter 'max_starting_jobs' must be a positive integer, got {starting!r}"
         )
+    _check_connect(values)
     refresh = values.get("runner_refresh_interval")
     if refresh is not None and (
         isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0
@@ -164,6 +168,29 @@ def check(
             f"Parameter 'runner_refresh_interval' must be a positive number, got {refresh!r}"
         )
     return values
+
+
+def _check_connect(values: Mapping[str, Any]) -> None:
+    """How the proxy connects to hosts: ``connect_timeout`` per attempt (> 0), and
+    ``connect_retries`` more attempts after a network error (0, the default: none),
+    ``connect_retry_interval`` seconds apart (>= 0). Not the job's ``connection_options``,
+    which are Foreman's trigger retries."""
+    timeout = values.get("connect_timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError(
+            f"Parameter 'connect_timeout' must be a positive number of seconds, got {timeout!r}"
+        )
+    retries = values.get("connect_retries")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(
+            f"Parameter 'connect_retries' must be 0 or a positive integer, got {retries!r}"
+        )
+    interval = values.get("connect_retry_interval")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        raise ConfigurationError(
+            "Parameter 'connect_retry_interval' must be a number of seconds (0 or more), "
+            f"got {interval!r}"
+        )
 
 
 def _check_mqtt(values: dict[str, Any], tls_files: TlsFiles) -> None:

@@ -113,6 +113,10 @@ class Foreman:
     trap: tuple[str, Callable[[], Any]] | None = None
     """One shot: ``("received", action)`` runs ``action`` when the next callback arrives,
     before it is answered; ``("answered", action)`` right after a 200 was sent."""
+    malformed: list[Any] = field(default_factory=list)
+    """Bodies answered 500 as foreman-tasks' ``TasksController#callback`` would: an entry whose
+    ``callback`` or ``data`` is not an object (it calls ``callback[:task_id]`` and
+    ``data.to_unsafe_h`` on each, so one ``null`` fails the whole request)."""
     _served: Served | None = None
 
     @property
@@ -124,6 +128,12 @@ class Foreman:
             received = time.time()
             body = json.loads(await request.body())
             entries = body["callbacks"] if "callbacks" in body else [body]
+            if not all(
+                isinstance(e.get("callback"), dict) and isinstance(e.get("data"), dict)
+                for e in entries
+            ):
+                self.malformed.append(body)
+                return JSONResponse({"error": "undefined method for nil"}, status_code=500)
             if self.trap is not None and self.trap[0] == "received":
                 trap, self.trap = self.trap, None
                 trap[1]()
@@ -478,7 +488,7 @@ class Launches:
     refused: dict[str, int] = field(default_factory=dict)  # key -> last HTTP status (0: none)
     parents: list[str] = field(default_factory=list)
     retries: int = 0
-    existing_on_retry: int = 0  # keys a retried batch found stored already (409)
+    existing_on_retry: int = 0  # keys of batches a retry acknowledged (maybe stored before)
 
 
 async def launch_batches(
@@ -495,9 +505,9 @@ async def launch_batches(
     batches (so that a kill finds tasks in every phase).
 
     Like Foreman's trigger retries, a batch that got no answer (the service was down) or a 503
-    is sent again every second for ``retry_for`` seconds; when a retry answers 409 (the first
-    attempt was stored, only its answer was lost) the keys count as acknowledged too: the
-    proxy has them and owes their callbacks."""
+    is sent again every second for ``retry_for`` seconds; a retry of a batch whose first
+    attempt was stored (only its answer was lost) is answered 200 like the first, and its
+    tasks run once: the proxy has them and owes their callbacks."""
     launches = launches or Launches()
     keys = list(jobs)
     async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
@@ -518,10 +528,8 @@ async def launch_batches(
                 if status == 200:
                     launches.acknowledged.update(batch)
                     launches.parents.append(answer.json()["parent"]["task_id"])
-                    break
-                if status == 409 and attempt > 1:
-                    launches.acknowledged.update(batch)
-                    launches.existing_on_retry += len(batch)
+                    if attempt > 1:
+                        launches.existing_on_retry += len(batch)
                     break
                 if status in (0, 503) and time.monotonic() < deadline:
                     launches.retries += 1

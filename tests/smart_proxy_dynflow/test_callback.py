@@ -1,12 +1,17 @@
-"""Callbacks to Foreman: exact body (case 11), retries while Foreman is away, restarts."""
+"""Callbacks to Foreman: exact body (case 11), retries while Foreman is away, restarts; a
+callback Foreman rejects pauses the plan at once, transient failures only for
+``callback_retry_window``."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from smart_proxy_dynflow.callback import callback_url
+import pytest
+
+from smart_proxy_dynflow.callback import CallbackFailed, callback_url
 from tests.support.services import FakeForeman, core_service, free_port, make_config, run_script
 from tests.support.waiting import wait_for, wait_plan_state
 
@@ -130,12 +135,12 @@ async def test_callbacks_survive_a_restart_of_the_service(db_url: str):
         await foreman.stop()
 
 
-async def test_callback_gives_up_after_the_retry_timeout(tmp_path: Path):
+async def test_callback_gives_up_after_the_retry_window(tmp_path: Path):
     foreman = FakeForeman()
     config = make_config(
         f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
         foreman.url,
-        callback_retry_timeout=0.3,
+        callback_retry_window=0.3,
     )
     async with core_service(config) as svc:
         (task_id,) = await launch_scripts(svc, 1)
@@ -147,6 +152,102 @@ async def test_callback_gives_up_after_the_retry_timeout(tmp_path: Path):
         status = (await svc.client.get(f"/tasks/{task_id}/status")).json()
         assert status["state"] == "paused"
         assert status["actions"][0]["output"]["exit_status"] == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(400, True), (401, True), (403, True), (404, True), (422, True)]
+    + [(408, False), (429, False), (500, False), (502, False), (503, False), (None, False)],
+)
+def test_which_failures_are_permanent(status: int | None, permanent: bool):
+    assert CallbackFailed("Failed performing callback", status).permanent is permanent
+
+
+@pytest.mark.parametrize("status", [403, 404, 422])
+async def test_a_rejected_callback_pauses_the_plan_at_once(tmp_path: Path, status: int):
+    """Foreman said no (not 408/429): the step errors on the first answer, as the original's
+    ``Callback::Action`` raises; the plan pauses with its full result for Foreman's poll."""
+    foreman = FakeForeman(status=status)
+    await foreman.start()
+    try:
+        config = make_config(
+            f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+            foreman.url,
+            callback_retry_interval=0.05,
+            callback_retry_max_interval=0.05,
+            execution_plan_cleaner_age=0.2,
+            cleaner_interval=3600,  # the test runs the cleaner itself
+        )
+        async with core_service(config) as svc:
+            (task_id,) = await launch_scripts(svc, 1)
+            plan = await wait_plan_state(svc.world, task_id, "paused")
+            await asyncio.sleep(0.3)  # a retry would have been sent by now
+            assert len(foreman.requests) == 1
+            callback = plan.actions[2]
+            assert callback.output["attempts"] == 1
+            assert "delivered_at" not in callback.output
+            step = plan.steps[callback.run_step_id]
+            assert step.state == "error"
+            assert step.error["message"].startswith(
+                f"Failed performing callback to Foreman server: {status} "
+            )
+            # What Foreman's safety-net poll reads: the plan is paused (it acts on that) and
+            # the runner action's output is complete.
+            states = (await svc.client.post("/tasks/status", json={"task_ids": [task_id]})).json()
+            assert states[task_id]["state"] == "paused"
+            assert states[task_id]["result"] == "error"
+            detail = (await svc.client.get(f"/tasks/{task_id}/status")).json()
+            output = detail["actions"][0]["output"]
+            assert output["exit_status"] == 0
+            assert "".join(r["output"] for r in output["result"]) == "job-0\n"
+            # The cleaner deletes stopped plans after execution_plan_cleaner_age (here 0.2 s),
+            # paused ones only after paused_max_age (7 days): the poll will find it.
+            assert svc.world.config.paused_max_age == 7 * 24 * 3600
+            await asyncio.sleep(0.3)
+            await svc.world.cleaner.clean()
+            assert await svc.world.load_plan(task_id) is not None
+    finally:
+        await foreman.stop()
+
+
+@pytest.mark.parametrize("status", [408, 429, 503])
+async def test_transient_answers_are_retried(tmp_path: Path, status: int):
+    foreman = FakeForeman(status=status)
+    await foreman.start()
+    try:
+        config = make_config(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", foreman.url)
+        async with core_service(config) as svc:
+            (task_id,) = await launch_scripts(svc, 1)
+            await wait_for(lambda: _attempted(svc, task_id, 3))
+            assert (await svc.world.load_plan(task_id)).state == "running"
+            foreman.status = 200
+            plan = await wait_plan_state(svc.world, task_id)
+            assert plan.result == "success"
+        assert len(foreman.callbacks) == 1
+    finally:
+        await foreman.stop()
+
+
+async def test_the_last_retry_is_pulled_in_to_the_end_of_the_window(tmp_path: Path):
+    """Back-off 0.5, 1, 2 s... in a 2 s window: attempts at 0, 0.5, 1.5 and then at 2.0 (not
+    at 3.5): the plan pauses when the window ends, not one back-off step later."""
+    foreman = FakeForeman()  # not started: connections are refused
+    config = make_config(
+        f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+        foreman.url,
+        callback_retry_interval=0.5,
+        callback_retry_max_interval=100.0,
+        callback_retry_window=2.0,
+    )
+    async with core_service(config) as svc:
+        (task_id,) = await launch_scripts(svc, 1)
+        plan = await wait_plan_state(svc.world, task_id, "paused")
+        output = plan.actions[2].output
+        ended = plan.steps[plan.actions[2].run_step_id].ended_at  # naive UTC, as stored
+        ended_at = ended.replace(tzinfo=UTC).timestamp()
+        assert output["attempts"] == 4
+        assert 2.0 <= ended_at - output["first_attempt_at"] < 3.0
+        assert "Failed performing callback to Foreman server" in output["last_error"]
 
 
 async def test_callback_over_mutual_tls(tmp_path: Path):

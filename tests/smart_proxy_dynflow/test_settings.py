@@ -60,8 +60,8 @@ def test_defaults() -> None:
     assert settings.pool_size == 5
     assert settings.runner_refresh_interval == 1.0
     assert (settings.callback_retry_interval, settings.callback_retry_max_interval) == (2.0, 300.0)
-    assert settings.callback_retry_timeout == 86400.0
-    assert settings.max_body_size == 16 * 1024 * 1024
+    assert settings.callback_retry_window == 600.0
+    assert settings.max_body_size == 256 * 1024 * 1024
 
 
 def test_no_settings_anywhere_gives_defaults(tmp_path: Path) -> None:
@@ -279,6 +279,17 @@ def test_unknown_keys_only_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert settings.port == 9000
     assert "Ignoring unknown settings: frobnicate" in caplog.text
     assert "standalone" not in caplog.text
+
+
+def test_the_retired_callback_retry_timeout_is_explained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = _dir(tmp_path, "conf", ":callback_retry_timeout: 86400\n")
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(default_dirs=[conf])
+    assert settings.callback_retry_window == 600.0
+    assert "callback_retry_timeout is no longer used" in caplog.text
+    assert "callback_retry_window" in caplog.text
 
 
 def test_explicit_config_dir_must_exist(tmp_path: Path) -> None:

@@ -272,7 +272,9 @@ async def test_unreachable_host_and_bad_bodies_are_bad_requests(
             answers.append(status_400(await read_all(reader)))
             writer.close()
     unreachable, port, command, not_json = answers
-    assert unreachable.startswith(f"Could not connect to 127.0.0.1:{closed_port}")
+    assert unreachable.startswith(
+        f"Could not establish connection to remote host 127.0.0.1:{closed_port}"
+    )
     assert "Connection refused" in unreachable
     assert port == "Invalid request: ssh_port must be an integer, got 'ssh'"
     assert command == "Invalid request: 'command' is missing"

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert options.cleanup_working_dirs is True
     assert options.execution_timeout_interval is None
     assert options.first_execution is False
-    assert (options.retry_count, options.retry_interval) == (1, 15.0)
+    assert (options.connect_attempts, options.connect_retry_interval) == (1, 15.0)
     assert options.connect_timeout == 30.0
     assert options.ssh_identity_key_file == os.path.expanduser("~/.ssh/id_rsa_foreman_proxy")
     assert options.known_hosts_file == os.path.expanduser("~/.ssh/known_hosts")
@@ -72,7 +72,8 @@ def test_input_overrides_settings() -> None:
     assert options.first_execution is True
     assert options.effective_user == "app" and options.effective_user_method == "su"
     assert options.user_switch
-    assert (options.retry_count, options.retry_interval, options.connect_timeout) == (3, 0.5, 7)
+    # connection_options are Foreman's trigger retries: the settings decide how we connect.
+    assert (options.connect_attempts, options.connect_timeout) == (1, 99)
     assert options.ssh_identity_key_file == "/etc/key"
     assert options.kerberos_auth is True
     assert options.ssh_ca_known_hosts_file == "/etc/ca_known_hosts"
@@ -108,7 +109,6 @@ def test_effective_user_equal_to_ssh_user_is_no_switch() -> None:
         ({"ssh_port": 70000}, "ssh_port must be between 1 and 65535"),
         ({"remote_working_dir": "tmp"}, "remote_working_dir must be absolute"),
         ({"execution_timeout_interval": "soon"}, "execution_timeout_interval must be a number"),
-        ({"connection_options": {"retry_count": -1}}, "retry_count must be at least 0"),
         ({"secrets": "pw"}, "Input 'secrets' must be a mapping"),
         ({"host_public_key": "ssh-ed25519 not-base64!"}, "host_public_key must be a public key"),
     ],
@@ -144,9 +144,30 @@ def test_empty_secrets_count_as_missing() -> None:
     assert options.ssh_password is None and options.effective_user_password is None
 
 
-def test_retry_count_zero_means_one_attempt() -> None:
-    options = ScriptOptions.from_input({**BASE, "connection_options": {"retry_count": 0}})
-    assert options.retry_count == 1
+@pytest.mark.parametrize(
+    "connection_options",
+    [
+        {"retry_interval": 15, "retry_count": 4, "proxy_batch_triggering": True},  # Foreman's
+        {"retry_interval": 0.1, "retry_count": 10, "timeout": 60},  # pre-2018, with timeout
+        {"retry_count": -1},
+        "garbage",
+        None,
+    ],
+)
+def test_connection_options_are_ignored(connection_options: object) -> None:
+    """foreman-tasks' trigger-retry settings, which the original ignores: one attempt, the
+    plugin's connect_timeout, whatever they say (and however malformed)."""
+    options = ScriptOptions.from_input({**BASE, "connection_options": connection_options}, {})
+    assert (options.connect_attempts, options.connect_timeout) == (1, 30.0)
+
+
+def test_connect_retries_are_a_plugin_setting() -> None:
+    settings = {"connect_retries": 2, "connect_retry_interval": 0.5, "connect_timeout": 4}
+    options = ScriptOptions.from_input(
+        {**BASE, "connection_options": {"retry_count": 9, "retry_interval": 99}}, settings
+    )
+    assert (options.connect_attempts, options.connect_retry_interval) == (3, 0.5)
+    assert options.connect_timeout == 4
 
 
 def test_sealed_secrets_are_opened_with_the_box() -> None:

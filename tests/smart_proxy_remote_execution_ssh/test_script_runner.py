@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -349,18 +350,59 @@ async def test_timeout_through_the_dispatcher(rex: Rex) -> None:
 # -- connection problems ---------------------------------------------------------------------
 
 
-async def test_unreachable_host_is_retried_then_255(rex: Rex, closed_port: int) -> None:
+FOREMAN_CONNECTION_OPTIONS = {
+    "retry_interval": 15,
+    "retry_count": 4,
+    "proxy_batch_triggering": True,
+}
+"""What foreman-tasks' ProxyAction puts in every job: its own trigger retries, not ours."""
+
+
+async def test_unreachable_host_fails_at_once_with_exception(rex: Rex, closed_port: int) -> None:
+    """As the original: one attempt, exit status "EXCEPTION", "Error initializing command:
+    <Class> - <message>" (it used to be 4 attempts 15 s apart, per connection_options, and 255)."""
+    runner = rex.runner("true", ssh_port=closed_port, connection_options=FOREMAN_CONNECTION_OPTIONS)
+    started = time.monotonic()
+    result = await drive(runner)
+    elapsed = time.monotonic() - started
+    assert result.exit_status == "EXCEPTION"
+    (record,) = result.records
+    assert record["output_type"] == "debug"
+    assert record["output"].startswith(
+        "Error initializing command: HostUnreachable - Could not establish connection to remote "
+        f"host 127.0.0.1:{closed_port} as {rex.users.rexuser.name}: Connection refused"
+    )
+    assert "attempts" not in record["output"]
+    assert elapsed < 3
+
+
+async def test_a_silent_host_costs_one_connect_timeout(rex: Rex) -> None:
+    with sshd_support.blackhole_port() as port:
+        runner = rex.runner(
+            "true",
+            ssh_port=port,
+            connection_options={**FOREMAN_CONNECTION_OPTIONS, "timeout": 60},
+            settings={"connect_timeout": 0.5},
+        )
+        started = time.monotonic()
+        result = await drive(runner)
+    assert result.exit_status == "EXCEPTION"
+    assert "connection timed out" in result.debug
+    assert 0.5 <= time.monotonic() - started < 2.5
+
+
+async def test_connect_retries_setting(rex: Rex, closed_port: int) -> None:
     runner = rex.runner(
         "true",
         ssh_port=closed_port,
-        connection_options={"retry_count": 3, "retry_interval": 0.3, "timeout": 5},
+        connection_options=FOREMAN_CONNECTION_OPTIONS,
+        settings={"connect_retries": 2, "connect_retry_interval": 0.3},
     )
     started = time.monotonic()
     result = await drive(runner)
     elapsed = time.monotonic() - started
-    assert result.exit_status == 255
-    assert f"Could not connect to 127.0.0.1:{closed_port}" in result.debug
-    assert "3 attempts" in result.debug and "refused" in result.debug.lower()
+    assert result.exit_status == "EXCEPTION"
+    assert "(3 attempts)" in result.debug and "refused" in result.debug.lower()
     assert 0.6 <= elapsed < 5
 
 
@@ -369,12 +411,12 @@ async def test_connect_timeout_per_attempt(rex: Rex) -> None:
         runner = rex.runner(
             "true",
             ssh_port=port,
-            connection_options={"retry_count": 2, "retry_interval": 0.1, "timeout": 0.5},
+            settings={"connect_retries": 1, "connect_retry_interval": 0.1, "connect_timeout": 0.5},
         )
         started = time.monotonic()
         result = await drive(runner)
-    assert result.exit_status == 255
-    assert "timed out" in result.debug
+    assert result.exit_status == "EXCEPTION"
+    assert "timed out" in result.debug and "(2 attempts)" in result.debug
     assert 1.0 <= time.monotonic() - started < 4
 
 
@@ -556,10 +598,42 @@ async def test_bad_sudo_password(rex: Rex) -> None:
 
 async def test_sudo_without_password_fails_the_preflight(rex: Rex) -> None:
     runner = rex.runner("echo never", effective_user=rex.users.rextarget.name)
-    assert not runner.uses_pty
+    assert runner.uses_pty  # a user switch always runs on a terminal
     result = await drive(runner)
     assert result.exit_status == "EXCEPTION"
     assert "Failed to change to effective user, exit code: 1" in result.debug
+
+
+@pytest.fixture
+def requiretty_nopasswd(rex: Rex) -> Iterator[None]:
+    """The host's sudoers say ``Defaults requiretty`` for the SSH user, with a NOPASSWD rule
+    to the target (a drop-in read after the users' own, removed afterwards)."""
+    user, target = rex.users.rexuser, rex.users.rextarget
+    path = rex.users.sudoers_file.with_name(rex.users.sudoers_file.name + "-tty")
+    candidate = path.with_name("." + path.name + ".new")  # dotted: ignored by sudo
+    candidate.write_text(
+        f"Defaults:{user.name} requiretty\n{user.name} ALL=({target.name}) NOPASSWD: ALL\n"
+    )
+    candidate.chmod(0o440)
+    subprocess.run(["visudo", "-cf", str(candidate)], check=True, capture_output=True)
+    candidate.replace(path)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def test_nopasswd_sudo_on_a_host_that_requires_a_tty(rex: Rex, requiretty_nopasswd) -> None:
+    """The original runs the user switch on a terminal (``ssh -tt``): NOPASSWD sudo works on a
+    host with ``Defaults requiretty`` (before, only a switch with a password got a terminal and
+    this failed with "Failed to change to effective user")."""
+    target = rex.users.rextarget
+    runner = rex.runner("id -un\n", effective_user=target.name, cleanup_working_dirs=False)
+    result = await drive(runner)
+    assert result.exit_status == 0, result.everything()
+    assert result.text() == f"{target.name}\n"
+    (directory,) = rex.job_dirs()
+    assert (directory / "exit_code").read_text() == "0\n"
 
 
 async def test_sudo_without_rule(rex: Rex) -> None:
@@ -910,14 +984,12 @@ async def test_start_slots_bound_the_starts_not_the_running_scripts(rex: Rex) ->
     assert elapsed < 2.5
 
 
-async def test_an_unreachable_host_does_not_hold_a_start_slot(
-    rex: Rex, closed_port: int
-) -> None:
+async def test_an_unreachable_host_does_not_hold_a_start_slot(rex: Rex, closed_port: int) -> None:
     slots = CountingSlots(1)
     dead = rex.runner(
         "true",
         ssh_port=closed_port,
-        connection_options={"retry_count": 4, "retry_interval": 0.5, "timeout": 5},
+        settings={"connect_retries": 3, "connect_retry_interval": 0.5},
     )
     alive = rex.runner("echo alive")
     dead.start_slots = alive.start_slots = slots
@@ -926,5 +998,5 @@ async def test_an_unreachable_host_does_not_hold_a_start_slot(
     result = await drive(alive)
     assert result.exit_status == 0 and "alive" in result.text()
     assert not dead_job.done()
-    assert (await dead_job).exit_status == 255
+    assert (await dead_job).exit_status == "EXCEPTION"
     assert slots.holders == 0

@@ -24,6 +24,9 @@ def test_defaults_and_home_expansion():
     assert values["mode"] == "ssh" and values["ssh_user"] == "root"
     assert values["ssh_identity_key_file"] == str(Path("~/.ssh/id_rsa_foreman_proxy").expanduser())
     assert set(DEFAULTS) <= set(values)
+    # No proxy-side connect retries unless asked for (the job's connection_options are
+    # Foreman's trigger retries, not ours).
+    assert (values["connect_timeout"], values["connect_retries"]) == (30, 0)
 
 
 def test_a_valid_key_passes(key: Path):
@@ -43,6 +46,10 @@ def test_a_valid_key_passes(key: Path):
         ({"runner_refresh_interval": "soon"}, "runner_refresh_interval"),
         ({"max_starting_jobs": 0}, "'max_starting_jobs' must be a positive integer, got 0"),
         ({"max_starting_jobs": "many"}, "'max_starting_jobs' must be a positive integer"),
+        ({"connect_timeout": 0}, "'connect_timeout' must be a positive number of seconds"),
+        ({"connect_retries": -1}, "'connect_retries' must be 0 or a positive integer, got -1"),
+        ({"connect_retries": 1.5}, "'connect_retries' must be 0 or a positive integer"),
+        ({"connect_retry_interval": "often"}, "'connect_retry_interval' must be a number"),
     ],
 )
 def test_invalid_settings_are_explained(key: Path, overrides, message):

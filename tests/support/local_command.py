@@ -105,7 +105,15 @@ class EchoGroupRunner(ParentRunner):
 
 
 class EchoGroupLauncher(GroupLauncher):
+    """``options: {"fail_parent": true}`` makes the group's parent fail before it plans
+    anything (as a database error would), so the bulk callback has no results."""
+
     runner_class = EchoGroupRunner
+
+    async def spawn_children(self, parent: Any, input_hash: dict[str, Any]) -> dict[str, int]:
+        if self.options.get("fail_parent"):
+            raise RuntimeError("the group's parent fails on purpose (test option fail_parent)")
+        return await super().spawn_children(parent, input_hash)
 
 
 class LocalCommandProxyPlugin(Plugin):
