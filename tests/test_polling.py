@@ -137,22 +137,25 @@ async def test_resume_keeps_the_old_task_when_the_poll_failure_is_tolerated(worl
     assert (service.invocations, service.polls) == (1, 2)
 
 
-async def test_tolerates_up_to_three_consecutive_poll_failures(world):
+async def test_tolerates_up_to_two_consecutive_poll_failures(world):
+    """With ``poll_max_retries = 3`` (the default) two failures in a row are tolerated."""
     service = ExternalService(goal=30)
-    service.failing_polls = {2, 3, 4}
+    service.failing_polls = {2, 3}
     plan = await finish(world, mixins.PollingJob, service=service.register())
     assert (plan.state, plan.result) == ("stopped", "success")
-    # polls 1, 5 and 6 made progress; a success resets the failure count
+    # polls 1, 4 and 5 made progress; a success resets the failure count
     assert plan.actions[1].output["task"] == {"task_id": 101, "progress": 30}
-    assert plan.actions[1].output["poll_attempts"] == {"total": 6, "failed": 0}
-    assert (service.invocations, service.polls) == (1, 6)
+    assert plan.actions[1].output["poll_attempts"] == {"total": 5, "failed": 0}
+    assert (service.invocations, service.polls) == (1, 5)
 
 
 @pytest.mark.parametrize("job", [mixins.PollingJob, mixins.AsyncPollingJob])
-async def test_fourth_consecutive_poll_failure_fails_the_step(world, job):
+async def test_third_consecutive_poll_failure_fails_the_step(world, job):
+    """As Dynflow's ``rescue_external_task``: the ``poll_max_retries``-th failure in a row
+    fails the step (it was the one after it)."""
     service = ExternalService(goal=100)
-    # three failures, a success (resets the count), then four failures in a row
-    service.failing_polls = {2, 3, 4, 6, 7, 8, 9}
+    # two failures, a success (resets the count), then three failures in a row
+    service.failing_polls = {2, 3, 5, 6, 7}
     plan = await finish(world, job, service=service.register())
     assert (plan.state, plan.result) == ("paused", "error")
     step = plan.steps[RUN_STEP]
@@ -160,8 +163,8 @@ async def test_fourth_consecutive_poll_failure_fails_the_step(world, job):
     assert step.error["exception_class"] == "RuntimeError"
     assert step.error["message"] == "service unavailable"
     assert plan.actions[1].output["task"] == {"task_id": 101, "progress": 20}
-    assert plan.actions[1].output["poll_attempts"] == {"total": 9, "failed": 4}
-    assert (service.invocations, service.polls) == (1, 9)
+    assert plan.actions[1].output["poll_attempts"] == {"total": 7, "failed": 3}
+    assert (service.invocations, service.polls) == (1, 7)
     assert await world.store.planned_events_of(plan.id) == []
 
 

@@ -7,13 +7,13 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from .locks import CLEANER_LOCK
 from .serialization import utcnow
 
 if TYPE_CHECKING:
     from .world import World
 
 log = logging.getLogger("dynflow.cleaner")
-CLEANER_LOCK = "ExecutionPlanCleanerLock"
 
 
 class Cleaner:

@@ -27,6 +27,7 @@ from .action import Action, resolve_class
 from .errors import DynflowError, NotSerializable, PlanNotFound
 from .execution_plan import ExecutionPlan
 from .executor import EXECUTION_LOCK
+from .locks import PLANNING_LOCK
 from .middleware import delay_chain
 from .serialization import dumps, format_time, utcnow
 from .step import PlanStep, error_hash, plain_error
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynflow.delayed")
 
-PLANNING_LOCK = "PlanningLock"
 HISTORY_TIMEOUT = "timeout"
 HISTORY_FAILED_DEPENDENCY = "failed-dependency"
 HISTORY_CANCELLED = "Delayed task cancelled"
@@ -220,7 +220,8 @@ async def delay(
     caller_action: Action | None = None,
     prerequisites: Iterable[str] = (),
 ) -> Scheduled:
-    """Store a delayed plan (spec §1.8); see ``World.delay``."""
+    """Store a delayed plan (spec §1.8); see ``World.delay``. When the action's ``delay`` or
+    its arguments' serializer fails, the plan is stored stopped/error and the error raised."""
     if not (isinstance(action_class, type) and issubclass(action_class, Action)):
         raise TypeError(f"{action_class!r} is not an Action class")
     store = world.store
@@ -240,6 +241,7 @@ async def delay(
     action.phase = "delay"
     serializer: ArgsSerializer | None = None
     serialized: Any = None
+    failure: Exception | None = None
     try:
         serializer = _call_delay(world, action, options, args, kwargs)
         if not isinstance(serializer, ArgsSerializer):
@@ -248,7 +250,8 @@ async def delay(
             )
         serialized = serializer.serialize_args()
         step.set_state("pending")
-    except Exception as exc:  # noqa: BLE001 - a failed delay fails the plan, not the caller
+    except Exception as exc:  # noqa: BLE001 - stored as the plan's error, then raised
+        failure = exc
         if isinstance(exc, NotSerializable):
             message = f"arguments of {action.name()} are not serialisable: {exc}"
             step.error = error_hash(exc, message)
@@ -288,6 +291,8 @@ async def delay(
     await store.write(plan.id, stmts)
     await world.run_hooks(plan, "pending")
     await world.run_hooks(plan, plan.state)
+    if failure is not None:
+        raise failure  # as Dynflow: the plan is stored stopped/error and the caller learns why
     if plan.state == "scheduled" and not options.frozen:
         world.delayed_executor.notify(start_at, prerequisites)
     return Scheduled(plan.id, world)
@@ -402,7 +407,12 @@ async def _plan_claimed(
             state="scheduled",
             execution_history=list(stored.execution_history),
         )
-        plan.plan(action_class, args, kwargs)
+        plan.plan(
+            action_class,
+            args,
+            kwargs,
+            initial_input=root.input if root is not None and root.input else None,
+        )
     except Exception as exc:  # noqa: BLE001 - unreadable arguments (or worse) fail the plan
         log.warning("delayed plan %s cannot be planned: %s", plan_id, exc)
         if root_step is not None:
@@ -447,6 +457,7 @@ async def _plan_claimed(
                 await store.write(plan_id, taken)
             return None
         run = world.executor.adopt(plan, [])
+        await world.run_hooks(plan, "planning")
         await world.run_hooks(plan, "planned")
         await world.run_hooks(plan, "running")
         return run.future
@@ -457,6 +468,7 @@ async def _plan_claimed(
         *end,
     ]
     if await store.write(plan_id, stmts):
+        await world.run_hooks(plan, "planning")
         await world.run_hooks(plan, "stopped")
     return None
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import delayed
+from .locks import DELAYED_EXECUTOR_LOCK
 from .recovery import _pid_alive
 from .serialization import utcnow
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynflow.delayed")
 
-DELAYED_EXECUTOR_LOCK = "DelayedExecutorLock"
 DELAYED_EXECUTOR_ID = "delayed-executor"
 
 

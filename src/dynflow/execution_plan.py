@@ -235,13 +235,19 @@ class ExecutionPlan:
         kwargs: dict[str, Any] | None = None,
         *,
         caller_action: Action | None = None,
+        initial_input: dict[str, Any] | None = None,
     ) -> None:
-        """Plan ``action_class`` as the root action; ends ``planned`` or ``stopped`` (on error)."""
+        """Plan ``action_class`` as the root action; ends ``planned`` or ``stopped`` (on error).
+
+        ``initial_input``: the root action's input before its ``plan`` runs (a delayed plan's
+        input as its ``delay`` middleware left it; ``plan_self`` merges into it)."""
         world_id = self.world.id if self.world is not None else None
         self.set_state("planning", world_id=world_id)
         root_flow = flows.Concurrence()
         self._run_flow_stack = [root_flow]
         action = self._add_plan_step(action_class, None, caller_action)
+        if initial_input:
+            action.input = dict(initial_input)
         self.root_plan_step_id = action.plan_step_id
         try:
             self._plan_root(action, args, kwargs or {})

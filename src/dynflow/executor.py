@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import flow as flows
 from . import locks, telemetry
-from .action import ABORT, CANCEL, Action, Suspend, dereference
+from .action import ABORT, CANCEL, SKIP, Action, Suspend, dereference, referenced_steps
 from .errors import EventRejected, NotSerializable
 from .execution_plan import ExecutionPlan
 from .middleware import finalize_chain, finalize_phase_chain, run_chain
@@ -203,11 +203,18 @@ class PlanRun:
             extra.append(self.store.delete_event_stmt(event_id))
         try:
             if step.state == "skipping":
-                step.set_state("skipped")
-                step.progress_done = 1.0
-                step.progress_weight = step.progress_weight or 1.0
-                telemetry.step_executed(action.name(), "run", 0.0, step.real_time or 0.0)
-                await self._save_step(step, action, extra, [])
+                # As Dynflow: a run that takes events gets SKIP (it may record why, or refuse
+                # by failing); one that does not is skipped without running.
+                if type(action).run_accepts_event():
+                    await self._run_action(step, action, SKIP, skipping=True)
+                else:
+                    step.set_state("skipped")
+                    telemetry.step_executed(action.name(), "run", 0.0, step.real_time or 0.0)
+                if step.state == "skipped":
+                    step.progress_done = 1.0
+                    step.progress_weight = step.progress_weight or 1.0
+                await self._save_step(step, action, extra, action._chunks)
+                action._chunks = []
                 self._step_done(step, future)
                 return
             previous = step.state
@@ -255,12 +262,16 @@ class PlanRun:
                 log.exception("could not save step %s:%s", self.plan.id, step_id)
         self._step_done(step, future)
 
-    async def _run_action(self, step: Step, action: Action, event: Any) -> None:
+    async def _run_action(
+        self, step: Step, action: Action, event: Any, *, skipping: bool = False
+    ) -> None:
         stored_input = action.input
         action.phase = "run"
         action.state = "running"
         action._planned_events = []
-        action.input = dereference(stored_input, self._output_of)
+        # As Dynflow: the input is stored with its references resolved once the step ran.
+        resolves = next(referenced_steps(stored_input), None) is not None
+        action.input = resolved = dereference(stored_input, self._output_of)
         started = time.monotonic()
         queue = self.executor.queue(step.queue)
         chain = self.world.middleware_for(type(action))
@@ -276,10 +287,11 @@ class PlanRun:
                     await queue.call(run, *args)
 
             await run_chain(chain, action, invoke, event)
-            step.set_state("success")
+            step.set_state("skipped" if skipping else "success")
             step.error = None
         except Suspend:
-            step.set_state("suspended")
+            # Nothing wakes a step being skipped: suspending it skips it.
+            step.set_state("skipped" if skipping else "suspended")
         except Exception as exc:  # noqa: BLE001 - the action's failure fails its step
             step.set_state("error")
             step.error = error_hash(exc)
@@ -287,7 +299,9 @@ class PlanRun:
                 "%s (step %s:%s) failed: %s", action.name(), self.plan.id, step.id, exc
             )
         finally:
-            action.input = stored_input
+            action.input = resolved if resolves else stored_input
+            if resolves:
+                action._input_changed = True
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()
@@ -419,18 +433,29 @@ class PlanRun:
     ) -> None:
         stmts = [*extra, self.store.update_step_stmt(step)]
         if isinstance(step, RunStep):
-            stmts.append(self.store.update_action_stmt(action))
-            if action._input_changed:
-                action._input_changed = False
-                stmts.append(self.store.update_action_input_stmt(action))
+            stmts.extend(self._action_stmts(action, chunks))
+        else:
+            stmts.extend(self._chunk_stmts(action, chunks))
+        if end:
+            stmts.extend(self._end_stmts("stopped"))
+        await self.store.write(self.plan.id, stmts)
+
+    def _action_stmts(self, action: Action, chunks: list[dict[str, Any]]) -> list[Stmt]:
+        """The action's output, its input when it changed, and its output chunks."""
+        stmts = [self.store.update_action_stmt(action)]
+        if action._input_changed:
+            action._input_changed = False
+            stmts.append(self.store.update_action_input_stmt(action))
+        return stmts + self._chunk_stmts(action, chunks)
+
+    def _chunk_stmts(self, action: Action, chunks: list[dict[str, Any]]) -> list[Stmt]:
+        stmts = []
         if action._drop_chunks:
             action._drop_chunks = False
             stmts.append(self.store.delete_chunks_stmt(self.plan.id, action.id))
         if chunks:
             stmts.extend(self.store.insert_chunk_stmts(self.plan.id, action.id, chunks))
-        if end:
-            stmts.extend(self._end_stmts("stopped"))
-        await self.store.write(self.plan.id, stmts)
+        return stmts
 
     def _step_done(self, step: Step, future: asyncio.Future[None] | None) -> None:
         if future is not None and not future.done():
@@ -559,6 +584,10 @@ class PlanRun:
                     continue
                 ok = await self._finalize_step(step)
                 stmts.append(self.store.update_step_stmt(step))
+                # What finalize did to its action (output, chunks) is saved with the step.
+                action = self.plan.actions[step.action_id]
+                stmts.extend(self._action_stmts(action, action._chunks))
+                action._chunks = []
                 if not ok:
                     result["ok"] = False
                     break
@@ -593,7 +622,8 @@ class PlanRun:
                 await q.call(fn)
 
         stored_input = action.input
-        action.input = dereference(stored_input, self._output_of)
+        resolves = next(referenced_steps(stored_input), None) is not None
+        action.input = resolved = dereference(stored_input, self._output_of)
         ok = True
         try:
             await finalize_chain(self.world.middleware_for(type(action)), action, invoke)
@@ -603,7 +633,9 @@ class PlanRun:
             step.error = error_hash(exc)
             ok = False
         finally:
-            action.input = stored_input
+            action.input = resolved if resolves else stored_input
+            if resolves:
+                action._input_changed = True
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()

@@ -58,6 +58,8 @@ class Composed(Flow):
             yield from child.step_ids()
 
     def encode(self) -> list[Any]:
+        if self.tag not in ("S", "C"):  # decode() could not read it back
+            raise ValueError(f"{type(self).__name__} has no flow identifier to be stored under")
         return [self.tag, *(c.encode() for c in self.children)]
 
     @property

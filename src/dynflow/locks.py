@@ -10,6 +10,9 @@ it.
 * ``ExecutionInhibitionLock`` ``execution-plan:<uuid>``, owned by the plan itself: taken by
   ``world.halt``; an inhibited plan is never executed again; released when it stops.
 
+* ``PlanningLock``, ``DelayedExecutorLock``, ``ExecutionPlanCleanerLock``: owned by a world;
+  when it is invalidated they are released (a plan it left in ``planning`` is scheduled again).
+
 ``clean_orphaned_locks`` (run at world start, after recovery) releases singleton locks whose
 plan is gone, paused or stopped, and inhibition locks whose plan is gone or stopped.
 """
@@ -30,8 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynflow.locks")
 
+WORLD_RECORD = "ExecutorWorld"  # a world's registration (its heartbeat), owned by itself
 SINGLETON_LOCK = "SingletonActionLock"
 INHIBITION_LOCK = "ExecutionInhibitionLock"
+# Locks a world holds for itself (owner: the world's id), released when it is invalidated:
+PLANNING_LOCK = "PlanningLock"  # a delayed plan being planned (``execution-plan:<uuid>``)
+DELAYED_EXECUTOR_LOCK = "DelayedExecutorLock"  # the one world running the delayed executor
+CLEANER_LOCK = "ExecutionPlanCleanerLock"  # the world cleaning old plans right now
+WORLD_OWNED_LOCKS = (PLANNING_LOCK, DELAYED_EXECUTOR_LOCK, CLEANER_LOCK)
 LOCK_ERROR = "Dynflow::Coordinator::LockError"
 # A lock whose plan is not stored (yet) is left alone this long: planning takes the locks just
 # before it stores the plan.
@@ -43,8 +52,13 @@ def plan_owner(plan_id: str) -> str:
     return f"execution-plan:{plan_id}"
 
 
-def lock_data(plan_id: str) -> dict[str, Any]:
-    return {"execution_plan_id": plan_id, "acquired_at": time.time()}
+def lock_data(plan_id: str, world_id: str | None = None) -> dict[str, Any]:
+    """The data of a plan's lock; ``world_id``: the world taking it (a lock whose plan is not
+    stored and whose world is gone is released at once, not after :data:`ORPHAN_GRACE`)."""
+    data: dict[str, Any] = {"execution_plan_id": plan_id, "acquired_at": time.time()}
+    if world_id is not None:
+        data["world_id"] = world_id
+    return data
 
 
 def has_singletons(plan: ExecutionPlan) -> bool:
@@ -134,13 +148,17 @@ async def clean_orphaned_locks(world: World) -> int:
         return str(record["owner_id"]).removeprefix("execution-plan:")
 
     statuses = await store.plan_statuses({"uuid": sorted({plan_of(r) for r in records})})
+    live = {r["id"] for r in await store.find_records(cls=WORLD_RECORD)}
     now = time.time()
     stmts = []
     for record in records:
         status = statuses.get(plan_of(record))
         if status is None:
-            acquired = (record.get("data") or {}).get("acquired_at")
-            if isinstance(acquired, int | float) and now - acquired < ORPHAN_GRACE:
+            data = record.get("data") or {}
+            acquired = data.get("acquired_at")
+            planner_alive = data.get("world_id") in live if "world_id" in data else True
+            recent = isinstance(acquired, int | float) and now - acquired < ORPHAN_GRACE
+            if planner_alive and recent:
                 continue
         elif record["class"] == SINGLETON_LOCK and status["state"] not in ("paused", "stopped"):
             continue

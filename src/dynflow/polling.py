@@ -14,8 +14,9 @@ there, plain ones run in the bounded thread pool of the action's queue, so they 
 
 Between polls the step is suspended (holding no thread) and wakes on a stored ``POLL`` event. The
 wait grows from ``poll_intervals[0]`` one level every ``poll_attempts_before_next_interval``
-polls, staying at the last interval. A failing poll is logged and retried; up to
-``poll_max_retries`` consecutive failures are tolerated, the next one fails the step. Counters
+polls, staying at the last interval. A failing poll is logged and retried; the
+``poll_max_retries``-th failure in a row fails the step (as in Dynflow: with 3, two failures are
+tolerated). ``fail()`` inside ``poll_external_task`` fails the step at once. Counters
 live in ``output["poll_attempts"] = {"total": n, "failed": m}`` (``failed`` is consecutive).
 
 After a restart the step runs again with no event: if ``output["task"]`` is set the old task is
@@ -34,8 +35,9 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from .action import ABORT, CANCEL, POLL, TIMEOUT
+from .action import ABORT, CANCEL, POLL, SKIP, TIMEOUT
 from .cancellable import Cancellable
+from .errors import ActionFailed
 from .timeouts import Timeouts
 from .user_calls import call_user
 
@@ -86,6 +88,8 @@ class Polling(Timeouts, abstract=True):
 
     # ---- the run phase ---------------------------------------------------------------------------
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # skipped: nothing to poll (Dynflow's raises "unrecognized event")
         if event is None:
             if self.external_task is not None:
                 await self._resume_external_task()
@@ -113,6 +117,8 @@ class Polling(Timeouts, abstract=True):
     async def _resume_external_task(self) -> None:
         try:
             await self._poll_with_rescue()
+        except ActionFailed:
+            raise  # fail() says the step failed, not that the old task is gone
         except Exception:  # noqa: BLE001 - the old task is gone: start a new one
             self._logger().warning(
                 "%s: polling the old task failed, invoking it again", self.name(), exc_info=True
@@ -124,9 +130,11 @@ class Polling(Timeouts, abstract=True):
         attempts["total"] += 1
         try:
             self.external_task = await call_user(self, self.poll_external_task)
+        except ActionFailed:
+            raise  # fail() fails the step at once; it is not a poll that went wrong
         except Exception as exc:
             attempts["failed"] += 1
-            if attempts["failed"] > self.poll_max_retries:
+            if attempts["failed"] >= self.poll_max_retries:  # the Nth failure in a row fails
                 raise
             self._logger().warning(
                 "%s: polling failed (%s consecutive), retrying in %ss: %s",

@@ -11,13 +11,15 @@ re-runs with no event like the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import locks
+from . import delayed, locks
 from .errors import DynflowError, PlanUnreadable
 from .executor import EXECUTION_LOCK
 from .step import FinalizeStep, RunStep, plain_error
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from .world import World
 
 log = logging.getLogger("dynflow.recovery")
+T = TypeVar("T")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -63,13 +66,61 @@ async def invalidate_dead_worlds(world: World) -> int:
         await store.release_lock(WORLD_RECORD, record["id"])
         count += 1
     live = {r["id"] for r in await store.find_records(cls=WORLD_RECORD)}
-    for lock in await store.find_records(cls=EXECUTION_LOCK):
-        if lock["owner_id"] in live:
-            continue
-        plan_id = (lock.get("data") or {}).get("execution_plan_id") or lock["id"].split(":", 1)[-1]
+    orphaned = [
+        lock
+        for lock in await store.find_records(cls=EXECUTION_LOCK)
+        if lock["owner_id"] not in live
+    ]
+
+    async def recover(lock: dict[str, Any]) -> None:
+        data = lock.get("data") or {}
+        plan_id = data.get("execution_plan_id") or lock["id"].split(":", 1)[-1]
         await recover_plan(world, plan_id, lock)
+
+    await _each(orphaned, recover)
+    await _release_locks_of_dead_worlds(world, live)
     await locks.clean_orphaned_locks(world)
     return count
+
+
+async def _release_locks_of_dead_worlds(world: World, live: set[str]) -> None:
+    """Release what worlds without a record held for themselves (as Dynflow's lock validity
+    check): a delayed plan one left ``planning`` is scheduled again, its delayed-executor and
+    cleaner locks are freed (a stale cleaner lock stopped every world from cleaning)."""
+    store = world.store
+    for cls in locks.WORLD_OWNED_LOCKS:
+        for record in await store.find_records(cls=cls):
+            owner = record["owner_id"]
+            if owner in live:
+                continue
+            if cls == locks.PLANNING_LOCK:
+                plan_id = (record.get("data") or {}).get("execution_plan_id")
+                if isinstance(plan_id, str) and await delayed.repair(world, plan_id, owner):
+                    continue
+            log.warning("releasing %s %s of dead world %s", cls, record["id"], owner)
+            await store.write(
+                f"lock:{record['id']}", [store.release_lock_stmt(cls, record["id"], owner)]
+            )
+
+
+RECOVERY_CONCURRENCY = 32
+"""Plans recovered or executed at once at start: their writes share the writer's batches, so a
+world that had hundreds of plans in flight is back in a fraction of the time one by one took."""
+
+
+async def _each(items: list[T], fn: Callable[[T], Awaitable[None]]) -> None:
+    """``fn`` for every item, at most :data:`RECOVERY_CONCURRENCY` at a time; all run to the end
+    before the first failure is raised."""
+    limit = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+
+    async def one(item: T) -> None:
+        async with limit:
+            await fn(item)
+
+    results = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None:
@@ -82,8 +133,10 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
         log.error("cannot recover plan %s of a dead world: %s", plan_id, exc)
         await store.write(plan_id, [release])
         return
-    if plan is None:
-        await store.write(plan_id, [release])
+    if plan is None:  # its planning died before it was stored: its singletons are free too
+        owner = locks.plan_owner(plan_id)
+        singletons = store.release_locks_of_owner_stmt(locks.SINGLETON_LOCK, owner)
+        await store.write(plan_id, [release, singletons])
         return
     stmts = []
     for step in plan.steps.values():
@@ -100,13 +153,18 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
     if plan.state == "running":
         plan.set_state("paused", history="terminate execution", world_id=lock["owner_id"])
     stmts.append(store.update_plan_stmt(plan))
+    # Guarded on the dead world's lock: another world recovering the same plan at the same
+    # time (it read the plan too) wins or loses as a whole; the loser leaves the plan alone.
+    release.guard = True
     stmts.append(release)
     stmts.extend(locks.end_stmts(store, plan, plan.state))
-    await store.write(plan.id, stmts)
+    if not await store.write(plan.id, stmts):
+        log.info("plan %s was recovered by another world", plan.id)
+        return
     log.warning("plan %s recovered from a dead world (%s)", plan.id, plan.result)
     if plan.state != "paused":
         return
-    if plan.failed_steps() and world.auto_rescue:
+    if plan.failed_steps():  # as Dynflow's invalidation: the rescue strategy, auto_rescue or not
         strategy = plan.rescue_strategy()
         if strategy == "skip":
             stmts = []
@@ -133,8 +191,6 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
         else:
             await world.run_hooks(plan, "paused")
             return
-    elif plan.failed_steps():
-        return
     try:
         await world.execute(plan.id)
     except DynflowError as exc:
@@ -154,12 +210,19 @@ async def auto_execute(world: World) -> int:
         for lock in await store.find_records(cls=EXECUTION_LOCK)
     }
     count = 0
-    for plan in await store.find_plans(world, filters={"state": ["planned", "paused"]}):
-        if plan.result == "error" or plan.id in locked or world.is_running(plan.id):
-            continue
+
+    async def execute(plan: Any) -> None:
+        nonlocal count
         try:
             await world.execute(plan.id)
             count += 1
         except DynflowError as exc:
             log.warning("auto-execute of %s failed: %s", plan.id, exc)
+
+    waiting = [
+        plan
+        for plan in await store.find_plans(world, filters={"state": ["planned", "paused"]})
+        if plan.result != "error" and plan.id not in locked and not world.is_running(plan.id)
+    ]
+    await _each(waiting, execute)
     return count

@@ -58,7 +58,7 @@ class Singleton(Action, abstract=True):
                 SINGLETON_LOCK,
                 self.singleton_lock_id(),
                 plan_owner(self.execution_plan_id),
-                lock_data(self.execution_plan_id),
+                lock_data(self.execution_plan_id, self.world.id if self.world else None),
                 self._singleton_message(),
                 self.id,
             )
@@ -84,7 +84,10 @@ class Singleton(Action, abstract=True):
         if owner is None:
             store = self.world.store
             stmt = store.acquire_lock_stmt(
-                SINGLETON_LOCK, self.singleton_lock_id(), mine, lock_data(self.execution_plan_id)
+                SINGLETON_LOCK,
+                self.singleton_lock_id(),
+                mine,
+                lock_data(self.execution_plan_id, self.world.id),
             )
             if await store.write(self.execution_plan_id, [stmt]):
                 return

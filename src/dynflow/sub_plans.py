@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .action import ABORT, CANCEL, Action
+from .action import ABORT, CANCEL, SKIP, Action
 from .errors import ActionFailed
 from .step import PlanStep
 
@@ -173,9 +173,11 @@ class WithSubPlans(Action, abstract=True):
 
     # ---- the run --------------------------------------------------------------------------------
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # skipped: its sub-plans are left as they are
         if event is None:
             if self.output.get("total_count") is not None:
-                if await self._resume():
+                if await self.resume():
                     # a Ping from before the restart is still stored: it keeps the polling going
                     if not await self._try_to_finish():
                         self.suspend()
@@ -201,8 +203,9 @@ class WithSubPlans(Action, abstract=True):
         out["total_count"] = int(await _maybe_await(self.total_count()))
         await self._spawn_plans()
 
-    async def _resume(self) -> bool:
-        """Continue after a restart or a manual resume; True when a Ping is already pending."""
+    async def resume(self) -> bool:
+        """Continue after a restart or a manual resume; True when a Ping is already pending.
+        A subclass may override it (Dynflow's ``resume``), e.g. to record the resume."""
         assert self.world is not None
         store = self.world.store
         statuses = await store.plan_statuses(self.sub_plan_filter())

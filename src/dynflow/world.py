@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from .delayed_executor import DelayedExecutor
 from .errors import EventRejected, ExecutionRejected, PlanNotFound
 from .execution_plan import ExecutionPlan
 from .executor import EXECUTION_LOCK, Executor
+from .locks import WORLD_RECORD
 from .middleware import (
     Middleware,
     MiddlewareRules,
@@ -39,7 +41,6 @@ from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
 
 log = logging.getLogger("dynflow")
-WORLD_RECORD = "ExecutorWorld"
 DEFAULT_DB_URL = "sqlite+aiosqlite:///var/dynflow.db"
 
 
@@ -121,6 +122,7 @@ class World:
         self._middleware_instances: dict[type, Middleware] = {}
         self._subscriptions: tuple[int, dict[type[Action], list[type[Action]]]] | None = None
         self._background: list[asyncio.Task[Any]] = []
+        self._before_termination: list[Callable[[], Any]] = []
         self._started = False
         self.cleaner = Cleaner(self)
         self.delayed_executor = DelayedExecutor(self)
@@ -162,10 +164,28 @@ class World:
             )
         log.info("world %s started (%s)", self.id, self.store.url.render_as_string())
 
+    def before_termination(self, hook: Callable[[], Any]) -> None:
+        """Call ``hook()`` (a plain or ``async`` function) when :meth:`stop` begins, before the
+        world stops taking work, in the order registered; a hook that fails is logged and the
+        others still run (Dynflow's ``before_termination``)."""
+        self._before_termination.append(hook)
+
+    async def _run_before_termination(self) -> None:
+        hooks, self._before_termination = self._before_termination, []
+        for hook in hooks:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001 - one broken hook must not stop the others
+                log.exception("a before_termination hook of world %s failed", self.id)
+
     async def stop(self) -> None:
         if not self._started:
+            await self._run_before_termination()
             await self.store.close()
             return
+        await self._run_before_termination()
         self.terminating = True
         for task in self._background:
             task.cancel()
@@ -318,6 +338,7 @@ class World:
         if plan.state != "planned" or await locks.acquire_planning_locks(self, plan):
             await self.store.write(plan.id, self.store.insert_plan_stmts(plan))
         await self.run_hooks(plan, "pending")
+        await self.run_hooks(plan, "planning")
         await self.run_hooks(plan, plan.state)
         return plan
 
@@ -348,7 +369,8 @@ class World:
         elif plan.state != "planned":
             await self.store.write(plan.id, self.store.insert_plan_stmts(plan))
         if plan.state != "planned":
-            await self.run_hooks(plan, "stopped")
+            for state in ("pending", "planning", "stopped"):
+                await self.run_hooks(plan, state)
             failed = plan.failed_steps()
             return PlanningFailed(plan.id, failed[0].error if failed else None)
         future = await self._start(plan, insert=True)
@@ -415,15 +437,19 @@ class World:
             )
         )
         if not insert:
-            stmts.append(self.store.update_plan_stmt(plan))
+            stmts.append(self.store.update_plan_stmt(plan, guard_from=previous))
         claimed = await self.store.write(plan.id, stmts)
         if not claimed:
             plan.state = previous
-            raise ExecutionRejected(f"execution plan {plan.id} is already running elsewhere")
+            raise ExecutionRejected(
+                f"execution plan {plan.id} is already running elsewhere (or is no longer "
+                f"{previous})"
+            )
         events = [] if insert else await self.store.planned_events_of(plan.id)
         run = self.executor.adopt(plan, events)
         if insert:
             await self.run_hooks(plan, "pending")
+            await self.run_hooks(plan, "planning")
             await self.run_hooks(plan, "planned")
         await self.run_hooks(plan, "running")
         return run.future

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from dynflow import Action
+from dynflow import SKIP, Action
 from smart_proxy.tls import client_context
 
 log = logging.getLogger("smart_proxy_dynflow.callback")
@@ -136,6 +136,8 @@ class _DurableCallback(Action, abstract=True):
         raise NotImplementedError
 
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # a skipped callback is not sent
         from .core import core_of
 
         core = core_of(self.world)

@@ -27,7 +27,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynflow import Action
-from dynflow.action import ABORT, CANCEL
+from dynflow.action import ABORT, CANCEL, SKIP
 
 from .callback import BatchCallbackAction
 from .parent_runner import ParentRunner
@@ -243,6 +243,8 @@ class BatchAction(Action):
         self.plan_self(input_hash=input_hash, launcher=launcher)
 
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # skipped: the children not planned yet are not planned
         from .core import core_of
 
         launcher = Launcher.from_hash(core_of(self.world), self.input["launcher"])
@@ -343,6 +345,8 @@ class SingleRunnerBatchAction(Action):
             self.plan_action(BatchCallbackAction, targets=targets, results=self.output["results"])
 
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # skipped: the children not planned yet are not planned
         from .core import core_of
 
         core = core_of(self.world)

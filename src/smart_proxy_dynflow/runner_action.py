@@ -41,7 +41,7 @@ import uuid
 from typing import Any
 
 from dynflow import Action
-from dynflow.action import ABORT, CANCEL, POLL
+from dynflow.action import ABORT, CANCEL, POLL, SKIP
 from dynflow.user_calls import call_user
 
 from .core import core_of
@@ -112,6 +112,8 @@ class RunnerAction(Action, abstract=True):
 
     # ---- run ----------------------------------------------------------------------------------
     async def run(self, event: Any = None) -> None:
+        if event == SKIP:
+            return  # skipped (the console, a rescue): as the original, nothing is run or killed
         try:
             await self.process_event(event)
         except Exception as exc:  # noqa: BLE001 - any failure becomes the runner's outcome

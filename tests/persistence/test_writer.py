@@ -48,6 +48,25 @@ async def test_guard_miss_skips_rest_of_its_write(store):
     assert await store.find_records(cls="TestLock", record_id="after") == []
 
 
+async def test_a_guard_missing_after_other_statements_undoes_the_whole_write(store):
+    """A write is all or nothing: a guard that misses after statements of its write ran rolls
+    them back (a second world's stale recovery wrote the plan paused before its guard on the
+    dead world's lock missed, while the first world ran it), and the other writes of the batch
+    still commit."""
+    assert await store.acquire_lock("TestLock", "held", "a", {})
+    losing = store.write(
+        "r",
+        [
+            store.acquire_lock_stmt("TestLock", "before", "b", {}),
+            store.acquire_lock_stmt("TestLock", "held", "b", {}),
+        ],
+    )
+    other = store.acquire_lock("TestLock", "other", "c", {})
+    assert await asyncio.gather(losing, other) == [False, True]
+    assert await store.find_records(cls="TestLock", record_id="before") == []
+    assert len(await store.find_records(cls="TestLock", record_id="other")) == 1
+
+
 def test_schedule_keeps_order_per_resource_and_folds_across():
     a, b = object(), object()
     w1 = Write("p1", [Stmt(a, {"n": 1}), Stmt(b, {"n": 2})])

@@ -44,7 +44,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dynflow import ABORT, CANCEL, TIMEOUT, Action, Cancellable, Timeouts
+from dynflow import ABORT, CANCEL, SKIP, TIMEOUT, Action, Cancellable, Timeouts
 from dynflow.errors import PlanningError
 
 _LOCK = threading.Lock()
@@ -214,6 +214,8 @@ def _outcome(exc: BaseException | None) -> str:
 
 
 def sync_run(action: Action, event: Any) -> None:
+    if event == SKIP:
+        return  # skipped (Dynflow's run(Skip)): nothing to do, nothing logged
     inv = _begin_run(action, event)
     error: BaseException | None = None
     try:
@@ -227,6 +229,8 @@ def sync_run(action: Action, event: Any) -> None:
 
 
 async def async_run(action: Action, event: Any) -> None:
+    if event == SKIP:
+        return  # skipped (Dynflow's run(Skip)): nothing to do, nothing logged
     inv = _begin_run(action, event)
     error: BaseException | None = None
     try:

@@ -300,8 +300,7 @@ class Model:
                 self.errors[s] = ABNORMAL
         if not any(state == "error" for state in self.states.values()):
             return "continue"
-        if not self.auto_rescue:
-            return "paused"
+        # As Dynflow's invalidation: the rescue strategy applies, auto_rescue or not.
         strategy = self.plan_strategy()
         if strategy == "pause":
             return "paused"

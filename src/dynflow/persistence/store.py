@@ -83,6 +83,14 @@ UPDATE_PLAN = (
     .where(execution_plans.c.uuid == bindparam("b_uuid"))
     .values(**plan_state_params())
 )
+GUARDED_PLAN = (
+    update(execution_plans)
+    .where(
+        execution_plans.c.uuid == bindparam("b_uuid"),
+        execution_plans.c.state == bindparam("b_from"),
+    )
+    .values(**plan_state_params())
+)
 _STEP_VALUES = dict(
     state=bindparam("state"),
     error=bindparam("error"),
@@ -431,8 +439,14 @@ class Store:
         return stmts
 
     @staticmethod
-    def update_plan_stmt(plan: ExecutionPlan) -> Stmt:
-        return Stmt(UPDATE_PLAN, plan_update_params(plan))
+    def update_plan_stmt(plan: ExecutionPlan, guard_from: str | None = None) -> Stmt:
+        """Save a plan's row; with ``guard_from`` only if its stored state still is that state
+        (a start from a stale read of the plan must not run it again)."""
+        params = plan_update_params(plan)
+        if guard_from is None:
+            return Stmt(UPDATE_PLAN, params)
+        params["b_from"] = guard_from
+        return Stmt(GUARDED_PLAN, params, guard=True)
 
     @staticmethod
     def update_step_stmt(step: Step, guard_from: str | None = None) -> Stmt:
@@ -633,6 +647,12 @@ class Store:
                     except _DECODE_ERRORS as exc:
                         raise _unreadable(plan_id, f"its step {srow.id}", exc) from exc
                     plan.steps[step.id] = step
+                missing = [i for i in plan.step_ids if i not in plan.steps]
+                if missing:  # as Dynflow's DataConsistencyError: never load it as if whole
+                    raise PlanUnreadable(
+                        f"execution plan {plan_id} cannot be read: its steps "
+                        f"{', '.join(map(str, missing[:10]))} are missing from the database"
+                    )
             if with_actions:
                 for arow in await conn.execute(
                     select(actions).where(actions.c.execution_plan_uuid == plan_id)
@@ -876,8 +896,15 @@ class Store:
         )
         return Stmt(stmt, {})
 
-    async def delete_output_chunks(self, plan_id: str, action_id: int) -> None:
+    async def delete_output_chunks(self, plan_id: str, action_id: int) -> int:
+        """Delete an action's output chunks; returns how many there were."""
+        query = select(func.count()).select_from(output_chunks).where(
+            output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.action_id == action_id
+        )
+        async with self._read() as conn:
+            count = int((await conn.execute(query)).scalar() or 0)
         await self.write(plan_id, [self.delete_chunks_stmt(plan_id, action_id)])
+        return count
 
     # ---- planned events --------------------------------------------------------------------------
     async def planned_events_of(self, plan_id: str) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ plan) and awaits its commit. The writer takes whatever is queued, orders the sta
 those of one resource keep their order, folds equal statements of different resources into one
 ``executemany``, and commits once. A *guard* statement (an optimistic ``UPDATE ... WHERE state
 IN (...)`` or an ``INSERT ... ON CONFLICT DO NOTHING`` claim) must touch a row; if it does not,
-the rest of its write is skipped and the caller learns it lost the race.
+its whole write is left out (what of it already ran is rolled back and the batch applied again
+without it) and the caller learns it lost the race: a write is all or nothing.
 
 Every commit and every failed write is reported to the store's
 :class:`~dynflow.persistence.health.StoreHealth`: a database that cannot be written is logged
@@ -225,7 +226,7 @@ class Writer:
             except _GuardConflict:
                 for write in batch:
                     write.failed = False
-                await self._apply(batch, exact=True)
+                await self._apply_exact(batch)
         except Exception as exc:  # noqa: BLE001 - isolate the write that broke the batch
             cause = store_failure_cause(exc)
             if cause is not None:
@@ -238,7 +239,7 @@ class Writer:
             for write in batch:
                 write.failed = False
                 try:
-                    await self._apply([write], exact=True)
+                    await self._apply_exact([write])
                 except Exception as single_exc:  # noqa: BLE001
                     single_cause = store_failure_cause(single_exc)
                     if single_cause is not None:
@@ -265,6 +266,16 @@ class Writer:
         if write.future is not None and not write.future.done():
             write.future.set_exception(exc)
 
+    async def _apply_exact(self, batch: list[Write]) -> None:
+        """Apply with every guard alone; a write whose guard missed after some of its statements
+        ran is rolled back whole: the batch runs again without it (each round skips one more)."""
+        while True:
+            try:
+                await self._apply(batch, exact=True)
+                return
+            except _LateGuardMiss:
+                continue  # the losing writes keep ``failed`` and are skipped whole
+
     async def _apply(self, batch: list[Write], exact: bool) -> None:
         """Run a batch in one transaction.
 
@@ -285,6 +296,7 @@ class Writer:
     async def _transaction(
         self, conn: AsyncConnection, groups: list[_Group], multi_guards: bool
     ) -> None:
+        ran: set[int] = set()  # the writes some statement of which ran in this transaction
         try:
             async with conn.begin():
                 for group in groups:
@@ -296,6 +308,7 @@ class Writer:
                         self.statements += 1
                         if result.rowcount != len(live):
                             raise _GuardConflict()
+                        ran.update(id(w) for _, w in live)
                     elif group.guard:
                         for params, write in live:
                             if write.failed:
@@ -304,12 +317,18 @@ class Writer:
                             self.statements += 1
                             if result.rowcount == 0:
                                 write.failed = True
+                                if id(write) in ran:
+                                    raise _LateGuardMiss()  # undo what of it ran
+                            else:
+                                ran.add(id(write))
                     elif len(live) == 1:
                         await conn.execute(group.sql, live[0][0])
                         self.statements += 1
+                        ran.add(id(live[0][1]))
                     else:
                         await conn.execute(group.sql, [p for p, _ in live])
                         self.statements += 1
+                        ran.update(id(w) for _, w in live)
             self.transactions += 1
         except BaseException:
             if conn.in_transaction():
@@ -319,4 +338,9 @@ class Writer:
 
 class _GuardConflict(Exception):
     """A folded guard statement touched fewer rows than it had writes."""
+
+
+class _LateGuardMiss(_GuardConflict):
+    """A guard missed after other statements of its write had run: the transaction is rolled
+    back and applied again without that write (a write is all or nothing)."""
 
