@@ -74,7 +74,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "engine-long",
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=_HEALTH,

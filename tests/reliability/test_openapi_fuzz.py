@@ -98,7 +98,7 @@ UNDECLARED = "PUT"
 """No path of the task API takes PUT."""
 
 FAST_EXAMPLES = 5
-LONG_EXAMPLES = 120
+LONG_EXAMPLES = 60  # about 2,800 requests over both documents
 LONG_TOTAL = 2000
 
 
