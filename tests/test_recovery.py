@@ -49,9 +49,10 @@ def options(**extra: Any) -> dict[str, Any]:
 async def test_recovery_after_crash(db_url):
     first = World(db_url, **options())
     await first.start()
+    triggered_at = asyncio.get_running_loop().time()
     running = await first.trigger(Blocking)
     waiting = await first.trigger(dummy.Waiting)
-    ticking = await first.trigger(dummy.Ticking, delay=0.5)
+    ticking = await first.trigger(dummy.Ticking, delay=3.0)  # still waiting at the crash
     skipped = await first.trigger(SkipOnCrash)
     done = await first.trigger(dummy.Dummy)
     await done.wait(5)
@@ -60,7 +61,8 @@ async def test_recovery_after_crash(db_url):
     await wait_step_state(first, waiting.id, 2, "suspended")
     await wait_step_state(first, ticking.id, 2, "suspended")
     await abandon(first)
-    await asyncio.sleep(0.6)  # the tick falls due while no world runs
+    # the tick falls due while no world runs
+    await asyncio.sleep(max(0.0, 3.1 - (asyncio.get_running_loop().time() - triggered_at)))
 
     second = World(db_url, **options())
     await second.start()
