@@ -269,9 +269,8 @@ class PlanRun:
         action.phase = "run"
         action.state = "running"
         action._planned_events = []
-        # As Dynflow: the input is stored with its references resolved once the step ran.
-        resolves = next(referenced_steps(stored_input), None) is not None
-        action.input = resolved = dereference(stored_input, self._output_of)
+        resolved, refers = self._resolved(stored_input)
+        action.input = resolved
         started = time.monotonic()
         queue = self.executor.queue(step.queue)
         chain = self.world.middleware_for(type(action))
@@ -299,9 +298,8 @@ class PlanRun:
                 "%s (step %s:%s) failed: %s", action.name(), self.plan.id, step.id, exc
             )
         finally:
-            action.input = resolved if resolves else stored_input
-            if resolves:
-                action._input_changed = True
+            action.input = resolved if refers else stored_input
+            action._input_changed = action._input_changed or refers
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()
@@ -338,6 +336,12 @@ class PlanRun:
             return
         action.input = changed
         action._input_changed = True
+
+    def _resolved(self, stored_input: Any) -> tuple[Any, bool]:
+        """A fresh copy of the input with its output references resolved, and whether it held
+        any (then it is stored resolved from now on, as Dynflow does)."""
+        refers = next(referenced_steps(stored_input), None) is not None
+        return dereference(stored_input, self._output_of), refers
 
     def _output_of(self, action_id: int) -> dict[str, Any]:
         action = self.plan.actions.get(action_id)
@@ -622,8 +626,8 @@ class PlanRun:
                 await q.call(fn)
 
         stored_input = action.input
-        resolves = next(referenced_steps(stored_input), None) is not None
-        action.input = resolved = dereference(stored_input, self._output_of)
+        resolved, refers = self._resolved(stored_input)
+        action.input = resolved
         ok = True
         try:
             await finalize_chain(self.world.middleware_for(type(action)), action, invoke)
@@ -633,9 +637,8 @@ class PlanRun:
             step.error = error_hash(exc)
             ok = False
         finally:
-            action.input = resolved if resolves else stored_input
-            if resolves:
-                action._input_changed = True
+            action.input = resolved if refers else stored_input
+            action._input_changed = action._input_changed or refers
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()

@@ -11,13 +11,11 @@ re-runs with no event like the others.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import delayed, locks
 from .errors import DynflowError, PlanUnreadable
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
     from .world import World
 
 log = logging.getLogger("dynflow.recovery")
-T = TypeVar("T")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,18 +63,11 @@ async def invalidate_dead_worlds(world: World) -> int:
         await store.release_lock(WORLD_RECORD, record["id"])
         count += 1
     live = {r["id"] for r in await store.find_records(cls=WORLD_RECORD)}
-    orphaned = [
-        lock
-        for lock in await store.find_records(cls=EXECUTION_LOCK)
-        if lock["owner_id"] not in live
-    ]
-
-    async def recover(lock: dict[str, Any]) -> None:
-        data = lock.get("data") or {}
-        plan_id = data.get("execution_plan_id") or lock["id"].split(":", 1)[-1]
+    for lock in await store.find_records(cls=EXECUTION_LOCK):
+        if lock["owner_id"] in live:
+            continue
+        plan_id = (lock.get("data") or {}).get("execution_plan_id") or lock["id"].split(":", 1)[-1]
         await recover_plan(world, plan_id, lock)
-
-    await _each(orphaned, recover)
     await _release_locks_of_dead_worlds(world, live)
     await locks.clean_orphaned_locks(world)
     return count
@@ -101,27 +91,6 @@ async def _release_locks_of_dead_worlds(world: World, live: set[str]) -> None:
             await store.write(
                 f"lock:{record['id']}", [store.release_lock_stmt(cls, record["id"], owner)]
             )
-
-
-RECOVERY_CONCURRENCY = 1
-"""Plans recovered or executed at once at start. One: with 32 the SIGKILL suite saw a callback
-sent twice after the restart (core, PostgreSQL, seed 12); until that is understood, recovery
-stays one plan at a time, as it always was."""
-
-
-async def _each(items: list[T], fn: Callable[[T], Awaitable[None]]) -> None:
-    """``fn`` for every item, at most :data:`RECOVERY_CONCURRENCY` at a time; all run to the end
-    before the first failure is raised."""
-    limit = asyncio.Semaphore(RECOVERY_CONCURRENCY)
-
-    async def one(item: T) -> None:
-        async with limit:
-            await fn(item)
-
-    results = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None:
@@ -211,19 +180,12 @@ async def auto_execute(world: World) -> int:
         for lock in await store.find_records(cls=EXECUTION_LOCK)
     }
     count = 0
-
-    async def execute(plan: Any) -> None:
-        nonlocal count
+    for plan in await store.find_plans(world, filters={"state": ["planned", "paused"]}):
+        if plan.result == "error" or plan.id in locked or world.is_running(plan.id):
+            continue
         try:
             await world.execute(plan.id)
             count += 1
         except DynflowError as exc:
             log.warning("auto-execute of %s failed: %s", plan.id, exc)
-
-    waiting = [
-        plan
-        for plan in await store.find_plans(world, filters={"state": ["planned", "paused"]})
-        if plan.result != "error" and plan.id not in locked and not world.is_running(plan.id)
-    ]
-    await _each(waiting, execute)
     return count

@@ -181,11 +181,10 @@ class World:
                 log.exception("a before_termination hook of world %s failed", self.id)
 
     async def stop(self) -> None:
+        await self._run_before_termination()
         if not self._started:
-            await self._run_before_termination()
             await self.store.close()
             return
-        await self._run_before_termination()
         self.terminating = True
         for task in self._background:
             task.cancel()
