@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from . import flow as flows
 from . import locks, telemetry
-from .action import ABORT, CANCEL, SKIP, Action, Suspend, dereference, referenced_steps
+from .action import (
+    ABORT,
+    CANCEL,
+    SKIP,
+    Action,
+    PlannedEvent,
+    Suspend,
+    dereference,
+    referenced_steps,
+)
 from .errors import EventRejected, NotSerializable
 from .execution_plan import ExecutionPlan
 from .middleware import finalize_chain, finalize_phase_chain, run_chain
@@ -35,6 +44,9 @@ log = logging.getLogger("dynflow.executor")
 
 EXECUTION_LOCK = "ExecutionLock"
 RUNNABLE_FROM = ("pending", "error", "skipping", "suspended")
+
+# A planned event whose save is written with its step's: (event id, event, deliver at).
+StoredEvent = tuple[str, PlannedEvent, float]
 
 
 class Queue:
@@ -235,20 +247,20 @@ class PlanRun:
                 self._step_done(step, future)
                 return
             await self._run_action(step, action, event)
-            stmts = self._planned_event_stmts(step, action)
+            stmts, stored_events = self._planned_event_stmts(step, action)
             if self._ends_plan(step):
                 # The last step of a plan without finalize: its save and the plan's end share
                 # one transaction.
                 await self._save_step(step, action, stmts, action._chunks, end=True)
                 action._chunks = []
-                self._arm_planned(action)
+                self._arm_planned(action, stored_events)
                 if future is not None and not future.done():
                     future.set_result(None)
                 await self._after_end("stopped")
                 return
             await self._save_step(step, action, stmts, action._chunks)
             action._chunks = []
-            self._arm_planned(action)
+            self._arm_planned(action, stored_events)
         except Exception as exc:  # noqa: BLE001 - the engine must survive any failure here
             log.exception("step %s:%s failed in the engine", self.plan.id, step_id)
             step.state = "error"
@@ -347,10 +359,14 @@ class PlanRun:
         action = self.plan.actions.get(action_id)
         return action._output if action is not None else {}
 
-    def _planned_event_stmts(self, step: Step, action: Action) -> list[Stmt]:
+    def _planned_event_stmts(
+        self, step: Step, action: Action
+    ) -> tuple[list[Stmt], list[StoredEvent]]:
+        """The statements that store the run's planned events, and those events (the
+        serialisable ones) to arm with :meth:`_arm_planned` once the step is saved."""
         stmts = []
         now = time.time()
-        kept = []
+        kept: list[StoredEvent] = []
         for pe in action._planned_events:
             try:
                 dumps(pe.event)
@@ -372,11 +388,10 @@ class PlanRun:
                     )
                 )
             kept.append((event_id, pe, deliver_at))
-        action._planned_events = kept  # type: ignore[assignment]
-        return stmts
+        return stmts, kept
 
-    def _arm_planned(self, action: Action) -> None:
-        for event_id, pe, deliver_at in action._planned_events:  # type: ignore[misc]
+    def _arm_planned(self, action: Action, stored_events: list[StoredEvent]) -> None:
+        for event_id, pe, deliver_at in stored_events:
             if pe.execution_plan_id == self.plan.id:
                 self._arm_timer(event_id, pe.step_id, pe.event, deliver_at, pe.optional)
             else:

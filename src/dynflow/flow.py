@@ -94,7 +94,7 @@ class Composed(Flow):
         return f"{type(self).__name__}({self.children!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.children == self.children  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.children == self.children
 
     __hash__ = object.__hash__
 

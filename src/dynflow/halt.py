@@ -44,8 +44,8 @@ async def halt(world: World, plan_id: str) -> str:
     run = world.executor.runs.get(plan_id)
     if run is not None:
         log.info("halting plan %s", plan_id)
-        plan = await run.halt()
-        return plan.state
+        halted = await run.halt()
+        return halted.state
     plan = await store.load_plan(plan_id, world)
     if plan is None:
         await store.release_lock(INHIBITION_LOCK, owner, owner)

@@ -18,7 +18,7 @@ from .action import Action
 from .errors import ActionFailed
 from .execution_plan import LockRequest
 from .locks import SINGLETON_LOCK, lock_data, plan_owner
-from .middleware import Middleware
+from .middleware import Middleware, MiddlewareRules
 
 
 class SingletonMiddleware(Middleware):
@@ -41,7 +41,7 @@ class Singleton(Action, abstract=True):
     """Mixin: only one execution plan with this action class may be active at a time."""
 
     singleton: ClassVar[bool] = True
-    middleware = [SingletonMiddleware]
+    middleware = MiddlewareRules([SingletonMiddleware])
 
     @classmethod
     def singleton_lock_id(cls) -> str:

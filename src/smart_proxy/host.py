@@ -552,11 +552,11 @@ class Host:
         routes: list[BaseRoute] = list(root_routes(self))
         prefixes = []
         for record in self.running():
-            app = record.apps.get(protocol)
-            if app is None or record.plugin_class is None:
+            plugin_app = record.apps.get(protocol)
+            if plugin_app is None or record.plugin_class is None:
                 continue
             prefix = str(record.plugin_class.mount_path).rstrip("/")
-            routes.append(Mount(prefix, app=app, name=record.name))
+            routes.append(Mount(prefix, app=plugin_app, name=record.name))
             prefixes.append(prefix)
         starlette = Starlette(
             routes=routes,

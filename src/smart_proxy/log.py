@@ -218,21 +218,26 @@ class RedactingFilter(logging.Filter):
 # ---- handlers -----------------------------------------------------------------------------------
 
 
+def _reopen(handler: logging.FileHandler) -> None:
+    """Open the handler's file anew (after logrotate renamed it) and close the old stream."""
+    handler.acquire()
+    try:
+        new_stream = handler._open()
+        old_stream, handler.stream = handler.stream, new_stream
+        if old_stream is not None:
+            try:
+                old_stream.flush()
+            finally:
+                old_stream.close()
+    finally:
+        handler.release()
+
+
 class ReopenableFileHandler(logging.FileHandler):
     """A file handler whose file can be reopened after logrotate renamed it."""
 
     def reopen(self) -> None:
-        self.acquire()
-        try:
-            new_stream = self._open()
-            old_stream, self.stream = self.stream, new_stream
-            if old_stream is not None:
-                try:
-                    old_stream.flush()
-                finally:
-                    old_stream.close()
-        finally:
-            self.release()
+        _reopen(self)
 
 
 ROLLING_AGES = ("daily", "weekly", "monthly")
@@ -289,7 +294,8 @@ class ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """Rotating variant (``file_rolling_size`` > 0): by size, and by age (``file_rolling_age``:
     seconds or daily/weekly/monthly, counted from when the file was opened); reopenable."""
 
-    reopen = ReopenableFileHandler.reopen
+    def reopen(self) -> None:
+        _reopen(self)
 
     def __init__(self, *args: Any, age: str | int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -64,7 +64,9 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 try:
     import httptools
 except ImportError:  # pragma: no cover - httptools is a dependency
-    httptools = None
+    # A module-typed name cannot hold None; without httptools, _HttpToolsRaw (its only
+    # user) is never chosen, as _base_protocol falls back to h11.
+    httptools = None  # type: ignore[assignment]
 
 from smart_proxy.tls import ClientCertificate, peer_certificate
 
@@ -644,9 +646,12 @@ class _ReadTimeouts:
                 self._body_timer = None
             if cycle.more_body and not cycle.response_complete:
                 self._arm_body_timer()
-        elif self._body_timer is not None and (not cycle.more_body or cycle.response_complete):
-            self._body_timer.cancel()
-            self._body_timer = None
+        elif self._body_timer is not None:
+            if cycle is None:  # the body timer is only ever armed for a request's cycle
+                raise RuntimeError("a body read timer is armed without a request cycle")
+            if not cycle.more_body or cycle.response_complete:
+                self._body_timer.cancel()
+                self._body_timer = None
         if arriving and self._header_timer is None and (cycle is None or cycle.response_complete):
             self._arm_header_timer()  # the first bytes of the next request
 
@@ -951,7 +956,8 @@ async def _run(
 ) -> None:
     ready = asyncio.ensure_future(asyncio.gather(*(server.ready.wait() for server in servers)))
     try:
-        await asyncio.wait([ready, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [ready, *tasks]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not ready.done():
             ready.cancel()

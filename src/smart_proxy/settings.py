@@ -133,6 +133,11 @@ def log_level_name(value: Any) -> Any:
     return value
 
 
+def _default_dns_resolv_timeouts() -> list[int | float]:
+    """The default ``dns_resolv_timeouts`` (seconds), a new list for each settings object."""
+    return [5, 8, 13]
+
+
 class ProxySettings(BaseModel):
     """Every global setting with its default (§3). Unknown keys are kept as extra attributes."""
 
@@ -170,7 +175,7 @@ class ProxySettings(BaseModel):
     log_buffer: int = Field(2000, ge=0)
     log_buffer_errors: int = Field(1000, ge=0)
     # helpers
-    dns_resolv_timeouts: list[int | float] = Field(default_factory=lambda: [5, 8, 13])
+    dns_resolv_timeouts: list[int | float] = Field(default_factory=_default_dns_resolv_timeouts)
 
     _source: str | None = PrivateAttr(default=None)
     _config_dir: str | None = PrivateAttr(default=None)

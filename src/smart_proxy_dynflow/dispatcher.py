@@ -55,7 +55,7 @@ class Dispatcher:
         self._deliver = deliver
         self.refresh_interval = refresh_interval
         self._runners: dict[str, _RunnerState] = {}
-        self._aux_tasks: set[asyncio.Task[None]] = set()
+        self._aux_tasks: set[asyncio.Task[object]] = set()
         self._closing: set[_RunnerState] = set()  # finished, their tasks closing them
 
     # -- public API ----------------------------------------------------------
@@ -141,7 +141,9 @@ class Dispatcher:
         # From here on, no await until every task is cancelled: none can begin storing a result.
         states = [*self._runners.values(), *self._closing]
         self._runners.clear()
-        tasks = [state.task for state in states if state.task is not None]
+        tasks: list[asyncio.Task[object]] = [
+            state.task for state in states if state.task is not None
+        ]
         tasks.extend(self._aux_tasks)
         for task in tasks:
             task.cancel()
@@ -291,7 +293,7 @@ class Dispatcher:
             logger.exception("Delivering an update to %s failed", receiver)
             return False
 
-    def _spawn_aux(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn_aux(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._aux_tasks.add(task)
         task.add_done_callback(self._aux_tasks.discard)

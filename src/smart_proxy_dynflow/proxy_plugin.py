@@ -54,7 +54,7 @@ def _operations(plugin: DynflowPlugin) -> list[str]:
 
 def positive_number(setting: str, value: Any, args: Any, settings: Mapping[str, Any]) -> None:
     """A number above zero (an integer when ``args == "int"``)."""
-    kinds: tuple[type, ...] = (int,) if args == "int" else (int, float)
+    kinds: tuple[type[int | float], ...] = (int,) if args == "int" else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
         expected = "a positive integer" if args == "int" else "a positive number"
         raise ConfigurationError(f"Parameter '{setting}' must be {expected}, got {value!r}")

@@ -69,7 +69,7 @@ class LauncherRegistry:
         if isinstance(name, str) and name in self._launchers:
             return self._launchers[name]
         if default is not _MISSING:
-            return default  # type: ignore[no-any-return]
+            return default
         raise UnknownOperation(str(name))
 
     def __contains__(self, name: object) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from dynflow import Action
@@ -85,8 +86,11 @@ class RunnerAction(Action, abstract=True):
 
             self.plan_action(CallbackAction, callback=callback, data=self.output)
 
-    def initiate_runner(self) -> Runner:
-        """The runner to start (may be ``async def``); it is addressed to ``suspended_action``."""
+    def initiate_runner(self) -> Runner | Awaitable[Runner]:
+        """The runner to start (may be ``async def``); it is addressed to ``suspended_action``.
+
+        Called through :func:`~dynflow.user_calls.call_user`, which awaits what an
+        ``async def`` (or a plain method returning an awaitable) gives."""
         raise NotImplementedError(f"{self.name()} must implement initiate_runner()")
 
     @property

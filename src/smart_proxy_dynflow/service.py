@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -101,17 +102,26 @@ def console_access(settings: CoreSettings) -> ConsoleAccess:
     )
 
 
+def https_context(settings: CoreSettings) -> ssl.SSLContext:
+    """The HTTPS listener's context. With ``use_https`` the settings name all three files
+    (checked when they are loaded); ValueError if they do not."""
+    cert, key, ca = settings.ssl_certificate, settings.ssl_private_key, settings.ssl_ca_file
+    if not cert or not key or not ca:
+        raise ValueError("use_https requires ssl_ca_file, ssl_certificate, ssl_private_key")
+    return server_context(
+        cert,
+        key,
+        ca,
+        disabled_ciphers=settings.ssl_disabled_ciphers,
+        disabled_versions=settings.tls_disabled_versions,
+    )
+
+
 async def run(settings: CoreSettings, *, shutdown: asyncio.Event | None = None) -> None:
     """Run the service until ``shutdown`` is set (or SIGTERM/SIGINT arrives)."""
     ssl_context = None
     if settings.use_https:
-        ssl_context = server_context(
-            settings.ssl_certificate,
-            settings.ssl_private_key,
-            settings.ssl_ca_file,
-            disabled_ciphers=settings.ssl_disabled_ciphers,
-            disabled_versions=settings.tls_disabled_versions,
-        )
+        ssl_context = https_context(settings)
     authorize = build_authorizer(settings)
     core = Core(core_config(settings))
     plugins = load_plugins(core, settings.plugins)
@@ -195,13 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.use_https:
             # Fail fast, before daemonizing, on unreadable certificates.
             build_authorizer(settings)
-            server_context(
-                settings.ssl_certificate,
-                settings.ssl_private_key,
-                settings.ssl_ca_file,
-                disabled_ciphers=settings.ssl_disabled_ciphers,
-                disabled_versions=settings.tls_disabled_versions,
-            )
+            https_context(settings)
     except (SettingsError, TLSConfigError, ValueError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -268,6 +268,8 @@ class _Session:
         """Relay until the command closes its output or the client goes away; returns the
         collected stderr and how the command ended."""
         channel = stdin.channel
+        if not isinstance(channel, asyncssh.SSHClientChannel):  # open_session's streams
+            raise TypeError(f"expected a client session's channel, got {type(channel).__name__}")
         errors = bytearray()
 
         async def upstream() -> None:  # client → command

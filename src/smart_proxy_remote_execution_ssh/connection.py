@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +83,10 @@ class Identity:
     key: asyncssh.SSHKey
     certificate: asyncssh.SSHCertificate | None
 
-    def keypairs(self) -> list[asyncssh.SSHKeyPair]:
+    def keypairs(self) -> Sequence[asyncssh.SSHKeyPair]:
         """Fresh key pair objects (asyncssh mutates them while authenticating)."""
+        if self.certificate is None:
+            return asyncssh.load_keypairs([self.key])
         return asyncssh.load_keypairs([(self.key, self.certificate)])
 
     def describe(self) -> str:

@@ -28,7 +28,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Only for the annotation of JobIndex.rebuild: .pull imports this module at run time.
+    from .pull import PullScriptAction
 
 log = logging.getLogger("smart_proxy_remote_execution_ssh.pull")
 
@@ -123,7 +127,9 @@ class JobIndex:
             self.forget(job.uuid)
         return found
 
-    async def rebuild(self, world: Any, labels: Iterable[str], action_class: type) -> int:
+    async def rebuild(
+        self, world: Any, labels: Iterable[str], action_class: type[PullScriptAction]
+    ) -> int:
         """Add the jobs of the running plans labelled ``labels`` whose ``action_class`` action
         still waits for its host (§ module docstring); returns how many were added.
 
@@ -145,7 +151,7 @@ class JobIndex:
                 for action in plan.actions.values():
                     if not isinstance(action, action_class):
                         continue
-                    job = action.pull_job(created=_epoch(plan.started_at))  # type: ignore[attr-defined]
+                    job = action.pull_job(created=_epoch(plan.started_at))
                     if job is None or job.uuid in self._forgotten:
                         continue
                     step = plan.steps.get(action.run_step_id)

@@ -147,7 +147,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
 
     # -- asyncssh callbacks --------------------------------------------------
 
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -684,7 +684,10 @@ class ScriptRunner(Runner):
             self._conn.run(setup, input=script if on_stdin else None, encoding=None, check=False),
             COMMAND_TIMEOUT,
         )
-        stderr = (result.stderr or b"").decode("utf-8", errors="replace")
+        raw_stderr = result.stderr or b""
+        if not isinstance(raw_stderr, bytes):  # encoding=None: asyncssh hands over bytes
+            raise TypeError(f"the setup's stderr is {type(raw_stderr).__name__}, not bytes")
+        stderr = raw_stderr.decode("utf-8", errors="replace")
         if f"{marker} exists" in stderr.splitlines():
             return False
         self._dir_used = True

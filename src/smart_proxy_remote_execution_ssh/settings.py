@@ -106,21 +106,21 @@ def check(
         )
     values["mode"] = mode
     if mode == "ssh" or values.get("cockpit_integration"):
-        key = Path(str(values["ssh_identity_key_file"]))
-        if not key.is_file():
+        key_file = Path(str(values["ssh_identity_key_file"]))
+        if not key_file.is_file():
             raise ConfigurationError(
-                f"SSH private key file {key} doesn't exist. "
-                f"You can generate one with `ssh-keygen -t rsa -b 4096 -f {key} -N ''`"
+                f"SSH private key file {key_file} doesn't exist. "
+                f"You can generate one with `ssh-keygen -t rsa -b 4096 -f {key_file} -N ''`"
             )
-        if not key.with_name(key.name + ".pub").is_file():
-            raise ConfigurationError(f"SSH public key file {key}.pub doesn't exist")
+        if not key_file.with_name(key_file.name + ".pub").is_file():
+            raise ConfigurationError(f"SSH public key file {key_file}.pub doesn't exist")
         ca = values.get("ssh_user_ca_public_key_file")
         if ca:
             if not Path(str(ca)).is_file():
                 raise ConfigurationError(f"SSH user CA public key file {ca} doesn't exist")
-            if not key.with_name(key.name + "-cert.pub").is_file():
+            if not key_file.with_name(key_file.name + "-cert.pub").is_file():
                 raise ConfigurationError(
-                    f"SSH user certificate {key}-cert.pub doesn't exist, although "
+                    f"SSH user certificate {key_file}-cert.pub doesn't exist, although "
                     "ssh_user_ca_public_key_file is set"
                 )
         level = str(values["ssh_log_level"]).strip().lower()

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
     and_,
     bindparam,
     delete,
@@ -91,7 +93,7 @@ GUARDED_PLAN = (
     )
     .values(**plan_state_params())
 )
-_STEP_VALUES = dict(
+_STEP_VALUES: dict[str, BindParameter[Any]] = dict(
     state=bindparam("state"),
     error=bindparam("error"),
     started_at=bindparam("started_at"),
@@ -694,14 +696,14 @@ class Store:
                 query = query.where(column.in_(values)) if values else query.where(False)
             else:
                 query = query.where(column == value)
-        for column, op, value in (
+        for name, op, value in (
             ("started_at", ">=", started_after),
             ("started_at", "<=", started_before),
             ("ended_at", ">=", ended_after),
             ("ended_at", "<=", ended_before),
         ):
             if value is not None:
-                col = execution_plans.c[column]
+                col = execution_plans.c[name]
                 when = parse_time(value)
                 query = query.where(col >= when if op == ">=" else col <= when)
         if delayed_only:
@@ -729,7 +731,7 @@ class Store:
         if self.dialect != "sqlite":
             return label | uuid
         found = execution_plans.alias("found")
-        rowid = literal_column("found.rowid")
+        rowid: ColumnClause[Any] = literal_column("found.rowid")
         matching = union_all(
             select(rowid).select_from(found).where(found.c.label.icontains(term, autoescape=True)),
             select(rowid)

@@ -493,7 +493,7 @@ def is_record(item: Any) -> bool:
 def chunk_lines(chunk: Mapping[str, Any]) -> list[OutputLine]:
     """The lines of one stored chunk: continuous-output records, else the value as text."""
     data = chunk.get("chunk")
-    items = data if isinstance(data, list) else [data]
+    items: list[Any] = data if isinstance(data, list) else [data]
     if items and all(is_record(item) for item in items):
         return [
             OutputLine(
