@@ -186,6 +186,10 @@ class Foreman:
                 result[record.task_id].append(record)
         return result
 
+    def delivered_keys(self) -> set[str]:
+        """The keys (see :func:`foreman_task`) of the tasks called back with a 200."""
+        return {r.task_id.removeprefix("foreman-") for r in self.records if r.status == 200}
+
     def received_before(self, instant: float) -> set[str]:
         """Task ids whose callback had reached Foreman at ``instant`` (and was answered 200,
         maybe after it): a crash at ``instant`` may make the proxy send them again."""

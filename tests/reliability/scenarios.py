@@ -224,9 +224,11 @@ async def _reach(
     foreman: Foreman,
     hosts: Hosts,
     acknowledged: Callable[[], int],
+    settled: Callable[[], bool],
 ) -> str:
     """Wait for the kill point; for ``callback``/``answered`` the Foreman's trap kills (the
-    returned label says what happened: the point, or ``time`` when it never came)."""
+    returned label says what happened: the point, or ``time`` when it never came: the wait
+    ends early once ``settled()`` says no callback can come any more)."""
     if point == "time":
         delay = rng.uniform(*(RESTART_KILL_WINDOW if number else KILL_WINDOW))
         await asyncio.sleep(max(0.0, started + delay - time.monotonic()))  # the kill instant
@@ -251,8 +253,9 @@ async def _reach(
         loop.call_soon_threadsafe(killed.set)
 
     foreman.trap = (point if point == "answered" else "received", kill)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(killed.wait(), POINT_TIMEOUT)
+    while not killed.is_set() and not settled() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(killed.wait(), 0.1)
     foreman.trap = None
     return point if killed.is_set() else "time"
 
@@ -295,6 +298,8 @@ async def _crash(
         label = await _reach(
             point, number, rng, started, service, foreman, hosts,
             lambda: len(launches.acknowledged),
+            lambda: launching.done()
+            and launches.acknowledged <= foreman.delivered_keys(),
         )
         reached.append(label)
         exit_seen = hosts.exit_seen()

@@ -39,7 +39,7 @@ def _check(run: scenarios.Run) -> None:
 
 SIMULATED = [
     # fast: make test
-    pytest.param("proxy", "sqlite", 11, 200, ("time", "answered"), id="proxy-sqlite-fast"),
+    pytest.param("proxy", "sqlite", 11, 200, ("answered", "time"), id="proxy-sqlite-fast"),
     pytest.param(
         "core", "postgresql", 12, 200, ("planning", "callback"), id="core-postgresql-fast"
     ),
