@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .locks import CLEANER_LOCK
+from .persistence.health import StoreUnavailable
 from .serialization import utcnow
 
 if TYPE_CHECKING:
@@ -45,7 +47,10 @@ class Cleaner:
                         break
                     deleted += await store.delete_plans(ids)
         finally:
-            await store.release_lock(CLEANER_LOCK, "execution-plan-cleaner", self.world.id)
+            # refused only when the world stops during an outage: then the cancellation (or
+            # the error) must go on, and the lock is freed with the world's other records
+            with contextlib.suppress(StoreUnavailable):
+                await store.release_lock(CLEANER_LOCK, "execution-plan-cleaner", self.world.id)
         if deleted:
             log.info("cleaner deleted %d execution plans", deleted)
         return deleted

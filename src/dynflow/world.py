@@ -186,6 +186,9 @@ class World:
             await self.store.close()
             return
         self.terminating = True
+        # an outage is waited out no longer than the stop may take: a background task's
+        # cleanup write (the cleaner's lock release) must not hold the stop forever
+        self.store.stop_waiting_after(self.config.termination_timeout)
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -21,12 +21,14 @@ class TcpForwarder:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cuts = 0  # a connection accepted before a cut must not outlive it
 
     async def restore(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def cut(self) -> None:
+        self._cuts += 1
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -43,12 +45,20 @@ class TcpForwarder:
             await server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cuts = self._cuts
+        if self._server is None:  # accepted just before a cut, started after it
+            writer.transport.abort()
+            return
         try:
             target_reader, target_writer = await asyncio.open_connection(
                 self.target_host, self.target_port
             )
         except OSError:
             writer.transport.abort()
+            return
+        if cuts != self._cuts:  # cut while this connection was being set up
+            writer.transport.abort()
+            target_writer.transport.abort()
             return
         self._writers.update((writer, target_writer))
         for source, sink in ((reader, target_writer), (target_reader, writer)):

@@ -378,7 +378,7 @@ class Store:
                 if cause is None:
                     raise
                 self.health.failed(cause, "read")
-                if is_impatient() or self.writer.closing:
+                if is_impatient() or self.writer.patience_over:
                     raise StoreUnavailable(cause) from exc
                 waited = True
                 await asyncio.sleep(delay)
@@ -395,6 +395,10 @@ class Store:
     async def start(self) -> None:
         await self.migrate()
         await self.writer.start()
+
+    def stop_waiting_after(self, seconds: float) -> None:
+        """A database outage is waited out for ``seconds`` more at most (see the writer's)."""
+        self.writer.stop_waiting_after(seconds)
 
     async def close(self) -> None:
         await self.writer.close()

@@ -21,7 +21,9 @@ memory and the database never parted (failing those writes used to fail the step
 engine" and leave their plans stuck). Only a write made inside
 :func:`~dynflow.persistence.health.impatient` (a request, which can be answered 503) is refused
 with :class:`~dynflow.persistence.health.StoreUnavailable` instead, at once while a retried
-batch is waiting. Closing the writer during an outage refuses what is still waiting.
+batch is waiting. A stopping world bounds the wait (:meth:`Writer.stop_waiting_after`: after
+its deadline every write is impatient, so a stop during an outage ends), and closing the writer
+during an outage refuses what is still waiting.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +115,7 @@ class Writer:
         self._conn: AsyncConnection | None = None
         self._closing = False
         self._closed = asyncio.Event()  # set by close(): cuts a retry's wait short
+        self._patience_until: float | None = None  # monotonic; see stop_waiting_after()
         self.stalled: str | None = None
         """The cause while a batch waits for the database to work again, else None."""
 
@@ -122,6 +126,28 @@ class Writer:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    def stop_waiting_after(self, seconds: float) -> None:
+        """Wait out an outage for ``seconds`` more at most: then every write (and every read
+        of :meth:`~dynflow.persistence.store.Store.connect`) is refused as an impatient one. A
+        stopping world calls it, so that a stop during an outage ends; what was not written is
+        what a crash would have lost, and recovery at the next start deals with it."""
+        deadline = time.monotonic() + seconds
+        if self._patience_until is None or deadline < self._patience_until:
+            self._patience_until = deadline
+        self._wakeup.set()
+
+    @property
+    def patience_over(self) -> bool:
+        """True when an outage is no longer waited out (closing, or past the deadline)."""
+        if self._closing:
+            return True
+        return self._patience_until is not None and time.monotonic() >= self._patience_until
+
+    def _retry_wait(self, delay: float) -> float:
+        if self._patience_until is None:
+            return delay
+        return max(0.0, min(delay, self._patience_until - time.monotonic()))
 
     async def close(self) -> None:
         self._closing = True
@@ -140,7 +166,7 @@ class Writer:
         if self._closing:
             raise RuntimeError("the store is closed")
         write.patient = not is_impatient()
-        if not write.patient and self.stalled is not None:
+        if (not write.patient or self.patience_over) and self.stalled is not None:
             raise StoreUnavailable(self.stalled)
         write.future = asyncio.get_running_loop().create_future()
         self._queue.append(write)
@@ -171,7 +197,7 @@ class Writer:
             for write in batch:
                 if write.future is None or write.future.done():
                     continue
-                if write.patient and not self._closing:
+                if write.patient and not self.patience_over:
                     write.failed = False
                     waiting.append(write)
                 elif not write.future.done():
@@ -183,7 +209,7 @@ class Writer:
             self._refuse_impatient(cause)
             batch = waiting
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay)
+                await asyncio.wait_for(self._closed.wait(), self._retry_wait(delay))
             delay = min(delay * 2, RETRY_MAX)
             await self._reconnect()
 
