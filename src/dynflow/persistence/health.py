@@ -89,14 +89,18 @@ class StoreHealth:
     def __init__(self, name: str = "the database") -> None:
         self.name = name
         self.failure: StoreFailure | None = None
+        self._reported: set[str] = set()  # the causes logged during this outage
 
     def failed(self, cause: str, where: str = "") -> None:
-        """A write or a request failed for ``cause``: ERROR once per outage (or new cause)."""
+        """A write or a request failed for ``cause``: ERROR once per outage and cause (the
+        connections of a pool cut at once alternate "connection was closed" with "Connect call
+        failed": each is logged once, the latest is the one reported)."""
         previous = self.failure
-        if previous is not None and previous.cause == cause:
+        self.failure = StoreFailure(cause, previous.since if previous else time.time())
+        if cause in self._reported:
             log.debug("%s still cannot be used%s: %s", self.name, where and f" ({where})", cause)
             return
-        self.failure = StoreFailure(cause, previous.since if previous else time.time())
+        self._reported.add(cause)
         log.error(
             "%s cannot be used (%s); requests that must be stored are answered 503 until it "
             "works again",
@@ -110,6 +114,7 @@ class StoreHealth:
         if previous is None:
             return
         self.failure = None
+        self._reported.clear()
         log.info(
             "%s works again (it failed for %.0f s: %s)",
             self.name,
