@@ -28,18 +28,6 @@ class SkipOnCrash(Action):
         return "skip"
 
 
-async def abandon(world: World) -> None:
-    """Drop a world as a SIGKILL would: nothing more reaches the database."""
-    world.store.writer._task.cancel()
-    for task in list(world.executor._tasks) + world._background:
-        task.cancel()
-    for run in world.executor.runs.values():
-        for handle in run.timers.values():
-            handle.cancel()
-    await asyncio.sleep(0)
-    if world.store.writer._conn is not None:
-        await world.store.writer._conn.close()
-    await world.store.engine.dispose()
 
 
 def options(**extra: Any) -> dict[str, Any]:
@@ -60,7 +48,7 @@ async def test_recovery_after_crash(db_url):
     await wait_step_state(first, skipped.id, 2, "running")
     await wait_step_state(first, waiting.id, 2, "suspended")
     await wait_step_state(first, ticking.id, 2, "suspended")
-    await abandon(first)
+    await first.abandon()
     # the tick falls due while no world runs
     await asyncio.sleep(max(0.0, 3.1 - (asyncio.get_running_loop().time() - triggered_at)))
 
@@ -159,7 +147,7 @@ async def test_rerun_on_recovery_runs_the_running_step_again(db_url):
     plain = await first.trigger(Blocking)
     await wait_step_state(first, rerun.id, 2, "running")
     await wait_step_state(first, plain.id, 2, "running")
-    await abandon(first)
+    await first.abandon()
     RerunsAfterCrash.blocking = False
 
     second = World(db_url, **options())
@@ -212,7 +200,7 @@ async def test_plan_stopped_by_recovery_keeps_no_planned_events(db_url):
     await wait_step_state(first, triggered.id, 3, "suspended")
     await wait_step_state(first, triggered.id, 5, "running")
     assert len(await first.store.planned_events_of(triggered.id)) == 1
-    await abandon(first)
+    await first.abandon()
 
     second = World(db_url, **options())
     await second.start()
@@ -241,7 +229,7 @@ class FinalizeFailsThenCrash(Action):
 
     def rescue_strategy_for_self(self) -> str:
         if not type(self).crashes and self.world is not None:
-            type(self).crashes.append(asyncio.get_running_loop().create_task(abandon(self.world)))
+            type(self).crashes.append(asyncio.get_running_loop().create_task(self.world.abandon()))
         return "skip"
 
 

@@ -31,7 +31,7 @@ __all__ = [
     "UnknownActionClass",
 ]
 
-from .world import PlanningFailed, Triggered, World, WorldConfig  # noqa: E402
+from .world import PlanningFailed, Triggered, World, WorldConfig
 
 __all__ += ["PlanningFailed", "Triggered", "World", "WorldConfig"]
 

@@ -111,7 +111,7 @@ def dereference(value: Any, outputs: Callable[[int], dict[str, Any]]) -> Any:
     return value
 
 
-class Suspend(BaseException):  # noqa: N818 - control flow, not an error
+class Suspend(BaseException):  # control flow, not an error
     """Raised by ``Action.suspend()`` to leave ``run`` with the step suspended."""
 
 
@@ -315,28 +315,32 @@ class Action:
         if input:
             self.input.update(input)
         self.input.update(values)
-        assert self.execution_plan is not None
+        plan = self.execution_plan
+        assert plan is not None
         if not self._planned_self:
             self._planned_self = True
-            self.execution_plan._add_run_and_finalize(self)
+            if self.has_run():
+                self.run_step_id = plan.add_run_step(self)
+            if self.has_finalize():
+                self.finalize_step_id = plan.add_finalize_step(self)
         return self
 
     def plan_action(self, action_class: type[Action], *args: Any, **kwargs: Any) -> Action:
         """Plan a child action now (depth first); its ``output[...]`` is a reference."""
         self._require_phase("plan")
         assert self.execution_plan is not None
-        return self.execution_plan._plan_child(self, action_class, args, kwargs)
+        return self.execution_plan.plan_child(self, action_class, args, kwargs)
 
     @contextmanager
     def sequence(self) -> Iterator[None]:
         assert self.execution_plan is not None
-        with self.execution_plan._switch_flow("S"):
+        with self.execution_plan.switch_flow("S"):
             yield
 
     @contextmanager
     def concurrence(self) -> Iterator[None]:
         assert self.execution_plan is not None
-        with self.execution_plan._switch_flow("C"):
+        with self.execution_plan.switch_flow("C"):
             yield
 
     @property
@@ -353,6 +357,65 @@ class Action:
     def output(self, value: dict[str, Any]) -> None:
         self._require_phase("run")
         self._output = dict(value)
+
+    # ---- the action <-> executor protocol ------------------------------------------------------
+    # What the executor (``PlanRun``) reads from an action and hands back to it while running its
+    # run and finalize steps and saving them. Plugin code uses the hooks and helpers above
+    # (``output``, ``plan_event``, ``output_chunk``, ``drop_output_chunks``,
+    # ``change_stored_input``) instead.
+
+    @property
+    def output_data(self) -> dict[str, Any]:
+        """The output as a value, whatever the phase (where ``output`` is a reference while
+        planning). Read by the executor to resolve other actions' output references and to
+        check the output is serialisable after a run, and by the store to save it."""
+        return self._output
+
+    @property
+    def planned_events(self) -> tuple[PlannedEvent, ...]:
+        """The events ``plan_event`` collected during the current run, in order. Read by the
+        executor after the run, to store them with the step's save and arm them after it."""
+        return tuple(self._planned_events)
+
+    def clear_planned_events(self) -> None:
+        """Forget the collected events: called by the executor when a run starts and once the
+        events of the run are armed (after the step's save)."""
+        self._planned_events = []
+
+    @property
+    def pending_output_chunks(self) -> list[dict[str, Any]]:
+        """The chunks ``output_chunk`` appended since the last save (``chunk``, ``kind``,
+        ``timestamp``). Read by the executor to write them with the step's save."""
+        return self._chunks
+
+    def clear_pending_output_chunks(self) -> None:
+        """Forget the pending chunks: called by the executor once they are saved (a run step)
+        or added to the statements of the finalize phase (a finalize step)."""
+        self._chunks = []
+
+    def take_output_chunks_drop(self) -> bool:
+        """Whether ``drop_output_chunks`` was called since the last save; true once. Called by
+        the executor building a step's save, which then deletes the stored chunks first."""
+        drop, self._drop_chunks = self._drop_chunks, False
+        return drop
+
+    def take_stored_input_changes(self) -> list[Callable[[dict[str, Any]], dict[str, Any]]]:
+        """The ``change_stored_input`` requests of the current run, in order; forgets them.
+        Called by the executor after the run, which applies them to the input."""
+        changes, self._input_changes = self._input_changes, []
+        return changes
+
+    def mark_input_changed(self) -> None:
+        """Called by the executor when the action's input differs from the stored one (its
+        output references were resolved, or ``change_stored_input`` rewrote it): the next save
+        of a run or finalize step writes the input too."""
+        self._input_changed = True
+
+    def take_input_changed(self) -> bool:
+        """Whether the input must be written with this save; true once after
+        ``mark_input_changed``. Called by the executor building the save of the action."""
+        changed, self._input_changed = self._input_changed, False
+        return changed
 
     @property
     def label(self) -> str:

@@ -59,6 +59,6 @@ class Cleaner:
         while True:
             try:
                 await self.clean()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("execution plan cleaner failed")
             await asyncio.sleep(interval)

@@ -234,7 +234,7 @@ async def delay(
         if missing:
             raise PlanNotFound(f"prerequisite execution plans not found: {sorted(missing)}")
     plan = ExecutionPlan.new(world, id)
-    action = plan._add_plan_step(action_class, None, caller_action)
+    action = plan.add_plan_step(action_class, None, caller_action)
     plan.root_plan_step_id = action.plan_step_id
     step = plan.steps[action.plan_step_id]
     step.state = "scheduling"

@@ -137,14 +137,14 @@ class DelayedExecutor:
             more = False
             try:
                 more = await self.tick()
-            except Exception:  # noqa: BLE001 - try again next time
+            except Exception:  # try again next time
                 log.exception("delayed executor failed")
             now = time.time()
             wake_at = now if more else now + interval
             if self.holding and not more:
                 try:
                     wake_at = min(wake_at, await self._next_due(now))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("delayed executor could not read the next start")
             self._wake_at = wake_at
             try:
@@ -202,7 +202,7 @@ class DelayedExecutor:
         self.planning.add(plan_id)
         try:
             return await delayed.plan_delayed(self.world, plan_id)
-        except Exception:  # noqa: BLE001 - left in planning; repaired on a later tick
+        except Exception:  # left in planning; repaired on a later tick
             log.exception("planning delayed plan %s failed", plan_id)
             return None
         finally:

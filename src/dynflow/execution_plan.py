@@ -245,7 +245,7 @@ class ExecutionPlan:
         self.set_state("planning", world_id=world_id)
         root_flow = flows.Concurrence()
         self._run_flow_stack = [root_flow]
-        action = self._add_plan_step(action_class, None, caller_action)
+        action = self.add_plan_step(action_class, None, caller_action)
         if initial_input:
             action.input = dict(initial_input)
         self.root_plan_step_id = action.plan_step_id
@@ -287,12 +287,20 @@ class ExecutionPlan:
             assert step.error is not None
             raise _ChildPlanningFailed(step.error) from None
 
-    def _add_plan_step(
+    # ---- the action <-> planner protocol ---------------------------------------------------------
+    # What an action (``plan_self``, ``plan_action``, ``sequence``, ``concurrence``) calls on
+    # the plan it is being planned into, and ``delayed.delay`` for a delayed plan's root step.
+
+    def add_plan_step(
         self,
         action_class: type[Action],
         caller: Action | None,
         external_caller: Action | None = None,
     ) -> Action:
+        """Add a plan step and a new ``action_class`` action to it, a child of ``caller`` (an
+        action of this plan) or, with ``external_caller``, the root of a sub-plan of that
+        action. Called by :meth:`plan` and :meth:`plan_child` before the step's planning runs,
+        and by ``delayed.delay`` for a delayed plan's root step (not planned yet)."""
         step_id = self._take_step_id()
         action_id = self._next_action_id
         self._next_action_id += 1
@@ -334,15 +342,15 @@ class ExecutionPlan:
             subscribed = (
                 self.world.subscribed_actions(type(action)) if self.world is not None else []
             )
-            with self._switch_flow("C"):
+            with self.switch_flow("C"):
                 if not subscribed:
                     self._call_plan(action, args, kwargs)
                 else:
                     # The action's own flow and those of its subscribers run concurrently.
-                    with self._switch_flow("C"):
+                    with self.switch_flow("C"):
                         self._call_plan(action, args, kwargs)
                     for subscriber_class in subscribed:
-                        subscriber = self._add_plan_step(subscriber_class, action)
+                        subscriber = self.add_plan_step(subscriber_class, action)
                         subscriber.from_subscription = True
                         self._execute_plan_step(subscriber, args, kwargs)
             try:
@@ -387,19 +395,26 @@ class ExecutionPlan:
 
         call(0, args, kwargs)
 
-    def _plan_child(
+    def plan_child(
         self,
         caller: Action,
         action_class: type[Action],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Action:
-        action = self._add_plan_step(action_class, caller)
+        """Plan a child of ``caller`` now, depth first: its plan step, then its ``plan(*args,
+        **kwargs)`` (and its subscribers'). Called by ``Action.plan_action`` while ``caller``
+        plans; a child's planning error fails the plan steps up to the root."""
+        action = self.add_plan_step(action_class, caller)
         self._execute_plan_step(action, args, kwargs)
         return action
 
     @contextmanager
-    def _switch_flow(self, kind: str) -> Iterator[None]:
+    def switch_flow(self, kind: str) -> Iterator[None]:
+        """Inside the block, run steps added go into a new ``"S"`` (sequence) or ``"C"``
+        (concurrence) flow, added to the enclosing flow when the block ends. Called by
+        ``Action.sequence`` / ``Action.concurrence`` while planning (and by the plan itself
+        around each plan step)."""
         new_flow: flows.Composed = flows.Sequence() if kind == "S" else flows.Concurrence()
         self._run_flow_stack.append(new_flow)
         try:
@@ -412,29 +427,38 @@ class ExecutionPlan:
     def _required(self, step_id: int) -> set[int]:
         return self._dependencies.get(step_id, set())
 
-    def _add_run_and_finalize(self, action: Action) -> None:
+    def _queue_of(self, action: Action) -> str:
+        """The queue of an action's steps: its class's, else its nearest caller's."""
         queue = action.queue
         if queue is None:
             caller = action.triggering_action
             while caller is not None and queue is None:
                 queue = caller.queue
                 caller = caller.triggering_action
-        queue = queue or "default"
-        if action.has_run():
-            step_id = self._take_step_id()
-            self.steps[step_id] = RunStep(
-                self.id, step_id, action.id, action.name(), "pending", queue=queue,
-                progress_weight=_weight(action.run_progress_weight),
-            )
-            action.run_step_id = step_id
-            self._dependencies[step_id] = set(referenced_steps(action.input))
-            self._run_flow_stack[-1].add_and_resolve(self._required, flows.Atom(step_id))
-        if action.has_finalize():
-            step_id = self._take_step_id()
-            self.steps[step_id] = FinalizeStep(
-                self.id, step_id, action.id, action.name(), "pending", queue=queue,
-                progress_weight=_weight(action.finalize_progress_weight),
-            )
-            action.finalize_step_id = step_id
-            assert isinstance(self.finalize_flow, flows.Sequence)
-            self.finalize_flow.append(flows.Atom(step_id))
+        return queue or "default"
+
+    def add_run_step(self, action: Action) -> int:
+        """Add the run step of ``action`` to the current run flow, after the steps whose output
+        its input refers to; returns the step's id. Called by ``Action.plan_self`` (once, for
+        an action with ``run``), with the input planned so far."""
+        step_id = self._take_step_id()
+        self.steps[step_id] = RunStep(
+            self.id, step_id, action.id, action.name(), "pending", queue=self._queue_of(action),
+            progress_weight=_weight(action.run_progress_weight),
+        )
+        self._dependencies[step_id] = set(referenced_steps(action.input))
+        self._run_flow_stack[-1].add_and_resolve(self._required, flows.Atom(step_id))
+        return step_id
+
+    def add_finalize_step(self, action: Action) -> int:
+        """Append the finalize step of ``action`` to the finalize flow; returns the step's id.
+        Called by ``Action.plan_self`` (once, for an action with ``finalize``), after
+        :meth:`add_run_step`."""
+        step_id = self._take_step_id()
+        self.steps[step_id] = FinalizeStep(
+            self.id, step_id, action.id, action.name(), "pending", queue=self._queue_of(action),
+            progress_weight=_weight(action.finalize_progress_weight),
+        )
+        assert isinstance(self.finalize_flow, flows.Sequence)
+        self.finalize_flow.append(flows.Atom(step_id))
+        return step_id

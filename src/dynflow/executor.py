@@ -15,6 +15,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -96,8 +97,13 @@ class Queue:
             self.async_running -= 1
             self.events[telemetry.ASYNC_WORKER] = self.events.get(telemetry.ASYNC_WORKER, 0) + 1
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
+    def shutdown(self, abandon: bool = False) -> None:
+        """Stop the pool: wait for its threads, or (``abandon``) drop what waits and leave
+        the running ones to finish unheard."""
+        if abandon:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=False)
         telemetry.untrack_queue(self)
 
 
@@ -151,7 +157,7 @@ class PlanRun:
             if isinstance(step, RunStep) and step.state in ("success", "skipped"):
                 self.outcome[step.id] = "done"
         for row in planned_events or []:
-            self._arm_timer(
+            self.arm_timer(
                 row["id"], row["step_id"], row["event"], row["deliver_at"], row["optional"]
             )
         self.advance()
@@ -225,8 +231,8 @@ class PlanRun:
                 if step.state == "skipped":
                     step.progress_done = 1.0
                     step.progress_weight = step.progress_weight or 1.0
-                await self._save_step(step, action, extra, action._chunks)
-                action._chunks = []
+                await self._save_step(step, action, extra, action.pending_output_chunks)
+                action.clear_pending_output_chunks()
                 self._step_done(step, future)
                 return
             previous = step.state
@@ -251,17 +257,19 @@ class PlanRun:
             if self._ends_plan(step):
                 # The last step of a plan without finalize: its save and the plan's end share
                 # one transaction.
-                await self._save_step(step, action, stmts, action._chunks, end=True)
-                action._chunks = []
+                await self._save_step(
+                    step, action, stmts, action.pending_output_chunks, end=True
+                )
+                action.clear_pending_output_chunks()
                 self._arm_planned(action, stored_events)
                 if future is not None and not future.done():
                     future.set_result(None)
                 await self._after_end("stopped")
                 return
-            await self._save_step(step, action, stmts, action._chunks)
-            action._chunks = []
+            await self._save_step(step, action, stmts, action.pending_output_chunks)
+            action.clear_pending_output_chunks()
             self._arm_planned(action, stored_events)
-        except Exception as exc:  # noqa: BLE001 - the engine must survive any failure here
+        except Exception as exc:  # the engine must survive any failure here
             log.exception("step %s:%s failed in the engine", self.plan.id, step_id)
             step.state = "error"
             step.error = error_hash(exc)
@@ -270,7 +278,7 @@ class PlanRun:
                 future.set_exception(EventRejected(f"the step could not be saved: {exc}"))
             try:
                 await self.store.write(self.plan.id, [self.store.update_step_stmt(step)])
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not save step %s:%s", self.plan.id, step_id)
         self._step_done(step, future)
 
@@ -280,7 +288,7 @@ class PlanRun:
         stored_input = action.input
         action.phase = "run"
         action.state = "running"
-        action._planned_events = []
+        action.clear_planned_events()
         resolved, refers = self._resolved(stored_input)
         action.input = resolved
         started = time.monotonic()
@@ -311,7 +319,8 @@ class PlanRun:
             )
         finally:
             action.input = resolved if refers else stored_input
-            action._input_changed = action._input_changed or refers
+            if refers:
+                action.mark_input_changed()
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()
@@ -322,21 +331,23 @@ class PlanRun:
                 step.real_time if step.state == "success" else None,
             )
         try:
-            dumps(action._output)
+            dumps(action.output_data)
         except NotSerializable as exc:
-            action._output = {"not_serializable": True}
+            action.output = {"not_serializable": True}
             step.state = "error"
             step.error = plain_error(f"output of {action.name()} is not serialisable: {exc}")
-        if action._input_changes:
-            self._change_input(step, action)
+        changes = action.take_stored_input_changes()
+        if changes:
+            self._change_input(step, action, changes)
         action.state = step.state
         _record_progress(step, action.run_progress, action.run_progress_weight)
 
     @staticmethod
-    def _change_input(step: Step, action: Action) -> None:
+    def _change_input(
+        step: Step, action: Action, changes: list[Callable[[dict[str, Any]], dict[str, Any]]]
+    ) -> None:
         """Apply the run's ``change_stored_input`` requests; the step's save writes the
         result (same transaction as the output)."""
-        changes, action._input_changes = action._input_changes, []
         try:
             changed = action.input
             for change in changes:
@@ -347,7 +358,7 @@ class PlanRun:
             step.error = plain_error(f"changing the input of {action.name()} failed: {exc}")
             return
         action.input = changed
-        action._input_changed = True
+        action.mark_input_changed()
 
     def _resolved(self, stored_input: Any) -> tuple[Any, bool]:
         """A fresh copy of the input with its output references resolved, and whether it held
@@ -357,7 +368,7 @@ class PlanRun:
 
     def _output_of(self, action_id: int) -> dict[str, Any]:
         action = self.plan.actions.get(action_id)
-        return action._output if action is not None else {}
+        return action.output_data if action is not None else {}
 
     def _planned_event_stmts(
         self, step: Step, action: Action
@@ -367,7 +378,7 @@ class PlanRun:
         stmts = []
         now = time.time()
         kept: list[StoredEvent] = []
-        for pe in action._planned_events:
+        for pe in action.planned_events:
             try:
                 dumps(pe.event)
             except NotSerializable as exc:
@@ -393,19 +404,33 @@ class PlanRun:
     def _arm_planned(self, action: Action, stored_events: list[StoredEvent]) -> None:
         for event_id, pe, deliver_at in stored_events:
             if pe.execution_plan_id == self.plan.id:
-                self._arm_timer(event_id, pe.step_id, pe.event, deliver_at, pe.optional)
+                self.arm_timer(event_id, pe.step_id, pe.event, deliver_at, pe.optional)
             else:
                 self.executor.spawn(
-                    self.world._deliver_later(
-                        pe.execution_plan_id, pe.step_id, pe.event, pe.delay or 0.0, pe.optional
+                    self._deliver_later(
+                        pe.execution_plan_id, pe.step_id, pe.event, pe.delay or 0.0
                     ),
                     "foreign event",
                 )
-        action._planned_events = []
+        action.clear_planned_events()
 
-    def _arm_timer(
+    async def _deliver_later(self, plan_id: str, step_id: int, event: Any, delay: float) -> None:
+        """An event planned for a step of another plan: sent through the world after the
+        delay (not stored), dropped if that plan's step does not take it."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await self.world.event(plan_id, step_id, event, optional=True)
+        except EventRejected as exc:
+            log.info("event for %s:%s dropped: %s", plan_id, step_id, exc)
+
+    def arm_timer(
         self, event_id: str, step_id: int, event: Any, deliver_at: float, optional: bool
     ) -> None:
+        """Deliver the stored planned event ``event_id`` to ``step_id`` at ``deliver_at`` (a
+        ``time.time()`` value); a rejected one is deleted from the store. Called by the plan
+        run for the stored events at its start and after a step's save, and by
+        ``World.plan_event`` once it stored an event for this plan."""
         loop = asyncio.get_running_loop()
         delay = max(0.0, deliver_at - time.time())
 
@@ -462,15 +487,13 @@ class PlanRun:
     def _action_stmts(self, action: Action, chunks: list[dict[str, Any]]) -> list[Stmt]:
         """The action's output, its input when it changed, and its output chunks."""
         stmts = [self.store.update_action_stmt(action)]
-        if action._input_changed:
-            action._input_changed = False
+        if action.take_input_changed():
             stmts.append(self.store.update_action_input_stmt(action))
         return stmts + self._chunk_stmts(action, chunks)
 
     def _chunk_stmts(self, action: Action, chunks: list[dict[str, Any]]) -> list[Stmt]:
         stmts = []
-        if action._drop_chunks:
-            action._drop_chunks = False
+        if action.take_output_chunks_drop():
             stmts.append(self.store.delete_chunks_stmt(self.plan.id, action.id))
         if chunks:
             stmts.extend(self.store.insert_chunk_stmts(self.plan.id, action.id, chunks))
@@ -511,7 +534,8 @@ class PlanRun:
         event_id: str | None = None,
         optional: bool = False,
     ) -> None:
-        """Hand an event to a step: run it now if suspended, queue it if the step is executing."""
+        """Hand an event to a step: run it now if suspended, queue it if the step is executing.
+        Called by ``World.event`` (and by this run's timers and cancel)."""
         step = self.plan.steps.get(step_id)
         outcome = self.outcome.get(step_id)
         if self.halting or not isinstance(step, RunStep) or outcome not in ("busy", "suspended"):
@@ -560,7 +584,7 @@ class PlanRun:
                     await self._handle_failure()
                     return
             await self._end("stopped")
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("ending plan %s failed", self.plan.id)
             await self._end("paused")
 
@@ -605,8 +629,8 @@ class PlanRun:
                 stmts.append(self.store.update_step_stmt(step))
                 # What finalize did to its action (output, chunks) is saved with the step.
                 action = self.plan.actions[step.action_id]
-                stmts.extend(self._action_stmts(action, action._chunks))
-                action._chunks = []
+                stmts.extend(self._action_stmts(action, action.pending_output_chunks))
+                action.clear_pending_output_chunks()
                 if not ok:
                     result["ok"] = False
                     break
@@ -653,7 +677,8 @@ class PlanRun:
             ok = False
         finally:
             action.input = resolved if refers else stored_input
-            action._input_changed = action._input_changed or refers
+            if refers:
+                action.mark_input_changed()
             elapsed = time.monotonic() - started
             step.execution_time = (step.execution_time or 0.0) + elapsed
             step.ended_at = utcnow()
@@ -791,3 +816,13 @@ class Executor:
             task.cancel()
         for q in self.queues.values():
             q.shutdown()
+
+    def abandon(self) -> None:
+        """Drop everything at once, as a crash would (see :meth:`World.abandon`)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for run in self.runs.values():
+            for handle in run.timers.values():
+                handle.cancel()
+        for q in self.queues.values():
+            q.shutdown(abandon=True)

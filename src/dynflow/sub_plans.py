@@ -52,7 +52,7 @@ FAILED_STATES = ["paused", "stopped"]
 FAILED_RESULTS = ["error", "warning"]
 
 
-class SubtaskFailedException(ActionFailed):  # noqa: N818 - the original's name
+class SubtaskFailedException(ActionFailed):  # the original's name
     """Fails the parent step when a sub-plan failed or was cancelled."""
 
 

@@ -177,7 +177,7 @@ class World:
                 result = hook()
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - one broken hook must not stop the others
+            except Exception:  # one broken hook must not stop the others
                 log.exception("a before_termination hook of world %s failed", self.id)
 
     async def stop(self) -> None:
@@ -212,6 +212,16 @@ class World:
         self._started = False
         log.info("world %s stopped", self.id)
 
+    async def abandon(self) -> None:
+        """Drop the world as a SIGKILL would: nothing more reaches the database, no hook or
+        release runs, what was running is left as it is stored (recovery at the next start
+        of a world on the database deals with it). For tests and demonstrations of crashes."""
+        for task in self._background:
+            task.cancel()
+        self.executor.abandon()
+        await self.store.abandon()
+        self._started = False
+
     def _record(self) -> dict[str, Any]:
         return {
             "class": WORLD_RECORD,
@@ -235,7 +245,7 @@ class World:
                     [self.store.update_record_stmt(WORLD_RECORD, self.id, self._record())],
                 )
                 await halt.check_inhibitions(self)  # plans other worlds asked to halt
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if store_failure_cause(exc) is None:  # a store outage is logged once, by it
                     log.exception("heartbeat failed")
 
@@ -305,7 +315,7 @@ class World:
 
         try:
             await hook_chain(self.middleware_for(type(action)), action, final, plan, kind)
-        except Exception:  # noqa: BLE001 - a hook never changes the plan's fate
+        except Exception:  # a hook never changes the plan's fate
             log.exception("hook %s of %s on %s failed", method_name, action.name(), kind)
 
     # ---- planning and execution -------------------------------------------------------------
@@ -578,17 +588,7 @@ class World:
             plan_id,
             [self.store.insert_event_stmt(event_id, plan_id, step_id, event, deliver_at, optional)],
         )
-        run._arm_timer(event_id, step_id, event, deliver_at, optional)
-
-    async def _deliver_later(
-        self, plan_id: str, step_id: int, event: Any, delay: float, optional: bool
-    ) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)
-        try:
-            await self.event(plan_id, step_id, event, optional=True)
-        except EventRejected as exc:
-            log.info("event for %s:%s dropped: %s", plan_id, step_id, exc)
+        run.arm_timer(event_id, step_id, event, deliver_at, optional)
 
     # ---- operations --------------------------------------------------------------------------
     async def cancel(self, plan_id: str, force: bool = False) -> int:

@@ -208,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         config_dir = Path(args.config_dir) if args.config_dir else default_config_dir()
         settings = load_proxy_settings(config_dir)
         buffer = setup(settings)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any startup error: one line, exit status 1
         return _fail(exc)
     try:
         _runner()(run(settings, buffer))
     except KeyboardInterrupt:
         return 0
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: the command's last word on any error
         return _fail(exc)
     return 0
 

@@ -382,7 +382,7 @@ class Host:
         except ConfigurationError as exc:
             self._fail(record, f"{path}: {exc}")
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin's broken validator fails that plugin
             self._fail(record, f"{path}: validation failed: {exc}", exc)
             return
         record.http_enabled, record.https_enabled = http, https
@@ -472,7 +472,7 @@ class Host:
         assert cls is not None and record.settings is not None
         try:
             instance = cls(self, PluginSettings(record.settings))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing plugin is set aside, not the host
             self._fail(record, f"cannot create the plugin: {_describe(exc)}", exc)
             return
         record.instance = instance
@@ -494,7 +494,7 @@ class Host:
             await self._stop_instance(record)
             record.instance = None
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin failing to start is set aside
             await self._stop_instance(record)
             record.instance = None
             self._fail(record, _describe(exc), exc)

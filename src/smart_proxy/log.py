@@ -195,11 +195,13 @@ class RedactingFilter(logging.Filter):
     """Masks secrets in the message (and traceback) of every record; adds ``request_id``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_redacted", False):
+        if getattr(record, "redacted", False):
             return True
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string: let the handler report it
+        # A filter must not raise (the caller's log call would); a broken format string is
+        # the handler's to report.
+        except Exception:  # noqa: BLE001 - whatever str(msg) or the % formatting raise
             return True
         record.msg = redact_text(message)
         record.args = None
@@ -211,7 +213,7 @@ class RedactingFilter(logging.Filter):
             record.request_id = request_id.get()
         if not hasattr(record, "remote_ip"):
             record.remote_ip = remote_ip.get()
-        record._redacted = True
+        record.redacted = True  # a second filter on the way (logger and handler) leaves it
         return True
 
 
@@ -222,7 +224,11 @@ def _reopen(handler: logging.FileHandler) -> None:
     """Open the handler's file anew (after logrotate renamed it) and close the old stream."""
     handler.acquire()
     try:
-        new_stream = handler._open()
+        # The file as FileHandler opens it (its private _open), always appending: a reopen
+        # (SIGUSR1 without a rotation too) never truncates.
+        new_stream = open(
+            handler.baseFilename, "a", encoding=handler.encoding, errors=handler.errors
+        )
         old_stream, handler.stream = handler.stream, new_stream
         if old_stream is not None:
             try:
@@ -310,12 +316,12 @@ class ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
         except OSError:
             return time.time()
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - stdlib name
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # stdlib name
         if self.rollover_at is not None and time.time() >= self.rollover_at:
             return True
         return bool(super().shouldRollover(record))
 
-    def doRollover(self) -> None:  # noqa: N802 - stdlib name
+    def doRollover(self) -> None:  # stdlib name
         super().doRollover()
         self.rollover_at = next_rollover(time.time(), self.age)
 
@@ -376,7 +382,7 @@ class JournalHandler(logging.Handler):
                     raise
                 short = message[:32000] + " [truncated]"
                 self._sock.send(self._payload(record, short))
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging's contract: emit() never raises
             self.handleError(record)
 
     def close(self) -> None:

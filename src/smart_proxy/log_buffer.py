@@ -56,7 +56,7 @@ class LogBuffer(logging.Handler):
         """The buffer entry of ``record`` (timestamped now)."""
         try:
             message = record.getMessage()
-        except Exception as exc:  # a broken format string
+        except Exception as exc:  # noqa: BLE001 - a broken format string: whatever % or str raise
             message = f"{record.msg!r} (unformattable: {exc})"
         entry: dict[str, Any] = {
             "timestamp": time.time(),
@@ -77,7 +77,7 @@ class LogBuffer(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.push(self.entry(record))
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging's contract: emit() never raises
             self.handleError(record)
 
     def push(self, entry: dict[str, Any]) -> None:

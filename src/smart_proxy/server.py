@@ -327,23 +327,9 @@ class RawTakeover:
         """
         if self.taken:
             raise RuntimeError("the connection was already taken over")
-        streams = self._protocol._take_raw(self._scope)
+        streams = self._protocol.take_raw_connection(self._scope)
         self.taken = True
         return streams
-
-    def _closing_send(self, send: Send) -> Send:
-        async def closing_send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start" and not self.taken:
-                headers = [
-                    (name, value)
-                    for name, value in message.get("headers") or []
-                    if name.lower() != b"connection"
-                ]
-                headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return closing_send
 
 
 class _RawProtocol(asyncio.StreamReaderProtocol):
@@ -400,14 +386,32 @@ class _RawOffer:
         self.protocol = protocol
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.protocol._raw_upgrade(scope.get("headers") or []):
+        if scope["type"] == "http" and self.protocol.is_raw_upgrade(scope.get("headers") or []):
             takeover = RawTakeover(self.protocol, scope)
             extensions = scope.get("extensions")
             if extensions is None:
                 extensions = scope["extensions"] = {}
             extensions[RAW_EXTENSION] = takeover
-            send = takeover._closing_send(send)
+            send = self._closing_send(takeover, send)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _closing_send(takeover: RawTakeover, send: Send) -> Send:
+        """``send`` adding ``Connection: close`` to a response of a request whose connection was
+        not taken over (the client may already have sent bytes of another protocol)."""
+
+        async def closing_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and not takeover.taken:
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers") or []
+                    if name.lower() != b"connection"
+                ]
+                headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return closing_send
 
 
 class _RawUpgradeMixin:
@@ -440,7 +444,7 @@ class _RawUpgradeMixin:
         self._raw_shutdown = True
         super().shutdown()  # type: ignore[misc]
 
-    def _raw_upgrade(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    def is_raw_upgrade(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """Is a request with these headers an upgrade left to the app?"""
         upgrade = _upgrade_token(headers)
         if upgrade is None:
@@ -452,7 +456,11 @@ class _RawUpgradeMixin:
         has not stopped at the end of an upgrade request."""
         raise NotImplementedError
 
-    def _take_raw(self, scope: Scope) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def take_raw_connection(
+        self, scope: Scope
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Detach the connection from uvicorn for the request of ``scope`` (what
+        :meth:`RawTakeover.take` does); see there for the errors."""
         cycle = self.cycle
         if cycle is None or cycle.scope is not scope:
             raise RuntimeError("only the current request of a connection can take it over")
@@ -530,7 +538,7 @@ class _HttpToolsRaw(_RawUpgradeMixin):
             self.send_400_response(msg)  # type: ignore[attr-defined]
             return
         except httptools.HttpParserUpgrade as exc:
-            if self._raw_upgrade(self.headers):
+            if self.is_raw_upgrade(self.headers):
                 self._raw_begin(data[exc.args[0] :])
             elif self._should_upgrade():  # type: ignore[attr-defined]
                 self.handle_websocket_upgrade()  # type: ignore[attr-defined]

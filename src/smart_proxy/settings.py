@@ -177,8 +177,15 @@ class ProxySettings(BaseModel):
     # helpers
     dns_resolv_timeouts: list[int | float] = Field(default_factory=_default_dns_resolv_timeouts)
 
+    # Where the settings were read from: given as the validation context (``source``,
+    # ``config_dir``) by load_proxy_settings, None when built in code.
     _source: str | None = PrivateAttr(default=None)
     _config_dir: str | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if isinstance(context, Mapping):
+            self._source = context.get("source")
+            self._config_dir = context.get("config_dir")
 
     # ---- validation -----------------------------------------------------------------------------
 
@@ -344,10 +351,10 @@ def load_proxy_settings(config_dir: str | os.PathLike[str]) -> ProxySettings:
     if not data.get("settings_directory"):
         data["settings_directory"] = str(directory / SETTINGS_DIRECTORY)
     try:
-        settings = ProxySettings.model_validate(data)
+        settings = ProxySettings.model_validate(
+            data, context={"source": str(path), "config_dir": str(directory)}
+        )
     except ValidationError as exc:
         raise SettingsError(validation_message(exc, str(path))) from exc
-    settings._source = str(path)
-    settings._config_dir = str(directory)
     logger.debug("Settings loaded from %s", path)
     return settings

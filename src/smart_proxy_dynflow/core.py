@@ -112,7 +112,7 @@ class Core:
         for service in self.services:
             try:
                 await service.start()
-            except Exception:  # noqa: BLE001 - a plugin's service must not stop the core
+            except Exception:  # a plugin's service must not stop the core
                 log.exception("service %r failed to start", service)
 
     async def stop(self) -> None:
@@ -124,7 +124,7 @@ class Core:
         for service in reversed(self.services):
             try:
                 await service.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("service %r failed to stop", service)
         await self.foreman.aclose()
 

@@ -179,7 +179,7 @@ class Dispatcher:
                 else:
                     await runner.start()
                 await self._deliver_updates(state, await runner.run_refresh())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of a runner's start ends its job with the error
                 hook = "reattach" if resume else "start"
                 await self._command_failed(state, hook, exc, fatal=True)
             next_refresh = loop.time() + self.refresh_interval
@@ -231,7 +231,7 @@ class Dispatcher:
                 await runner.timeout()
             else:  # pragma: no cover - internal commands only
                 raise ValueError(f"Unknown runner command {command!r}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a runner command is reported to its action
             await self._command_failed(state, command, exc, fatal=command not in (_KILL, "timeout"))
 
     async def _deliver_updates(

@@ -60,7 +60,7 @@ def load_plugins(core: Core, plugin_settings: dict[str, dict[str, Any]]) -> Load
                 result.disabled.append(plugin.name)
                 continue
             plugin.register(core, merged)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the service
+        except Exception as exc:  # a broken plugin must not stop the service
             log.exception("plugin %s failed to load", ep.name)
             result.failed[ep.name] = f"{type(exc).__name__}: {exc}"
             continue

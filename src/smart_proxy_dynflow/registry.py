@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 _MISSING: Any = object()
 
 
-class UnknownAction(LookupError):  # noqa: N818 - reads as "unknown action"
+class UnknownAction(LookupError):  # reads as "unknown action"
     def __init__(self, name: str) -> None:
         super().__init__(f"Unknown action class '{name}' requested.")
         self.name = name
 
 
-class UnknownOperation(LookupError):  # noqa: N818
+class UnknownOperation(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"Unknown operation '{name}' requested.")
         self.name = name

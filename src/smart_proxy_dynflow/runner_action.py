@@ -120,7 +120,7 @@ class RunnerAction(Action, abstract=True):
             return  # skipped (the console, a rescue): as the original, nothing is run or killed
         try:
             await self.process_event(event)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes the runner's outcome
+        except Exception as exc:  # any failure becomes the runner's outcome
             log.exception("%s: error handling event %s", self, _describe(event))
             if self.runner_id:
                 core_of(self.world).dispatcher.kill(self.runner_id)

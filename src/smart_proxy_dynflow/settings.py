@@ -140,7 +140,12 @@ class CoreSettings(BaseModel):
     # settings.d/<name>.yml contents
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    # The files read, in load order: the validation context's ``sources`` (load_settings).
     _sources: list[str] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if isinstance(context, Mapping):
+            self._sources = list(context.get("sources") or [])
 
     # ---- validation -----------------------------------------------------------------------------
 
@@ -371,10 +376,9 @@ def load_settings(
 
     merged["plugins"] = plugins
     try:
-        settings = CoreSettings.model_validate(merged)
+        settings = CoreSettings.model_validate(merged, context={"sources": sources})
     except ValidationError as exc:
         raise SettingsError(_validation_message(exc, sources)) from exc
-    settings._sources = sources
     if sources:
         logger.debug("Settings loaded from %s", ", ".join(sources))
     return settings

@@ -200,7 +200,7 @@ class _Session:
                 self.target = request.target
                 log.info("Cockpit session: running %r on %s", request.command, self.target)
                 streams = await self._unless_client_gone(self._start(request, known_hosts))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure is answered (_fail: 400/500)
                 self._fail(exc)
                 return
             if streams is None:

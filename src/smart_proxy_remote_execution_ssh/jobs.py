@@ -143,7 +143,7 @@ class JobIndex:
             for listed in plans:
                 try:
                     plan = await world.load_plan(listed.id)
-                except Exception:  # noqa: BLE001 - one unreadable plan must not stop the rest
+                except Exception:  # one unreadable plan must not stop the rest
                     log.exception("cannot read plan %s while rebuilding the pull jobs", listed.id)
                     continue
                 if plan is None or plan.state != "running":

@@ -364,7 +364,7 @@ class MqttDispatcher:
                 await self._round()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the dispatcher outlives a failed round
+            except Exception:  # the dispatcher outlives a failed round
                 log.exception("MQTT dispatcher round failed; carrying on")
                 await asyncio.sleep(min(self.config.ttl, 1.0))
 

@@ -173,7 +173,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
             self._flush_output()
         if not self.started.done():
             self._fail_start(self._closed_before_start_message())
-        self.runner._channel_closed(self)
+        self.runner.channel_closed(self)
 
     # -- stdout --------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
             text = text[skipped:]
             if not text:
                 return
-        self.runner._stdout(text)
+        self.runner.stdout_received(text)
 
     def _flush_output(self) -> None:
         tail = self._decoder.decode(b"", final=True)
@@ -303,7 +303,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
                 arg1, _, arg2 = args.partition(" ")
                 self._marker(word, arg1 or None, arg2 or None)
             elif self.phase == "output":
-                self.runner._stderr(line + "\n")
+                self.runner.stderr_received(line + "\n")
             else:
                 self._log_diag(line)
         if len(self._stderr) > _PREAMBLE_LIMIT:
@@ -319,7 +319,7 @@ class _JobChannel(asyncssh.SSHClientSession[bytes]):
             # removed only when the proxy acknowledges it (see ScriptRunner.close).
             self.exit_marker = arg1
             self.phase = "done"
-            runner._exit_seen(self)
+            runner.exit_seen(self)
         elif word == "exists":
             self.failure = word
             self.phase = "done"
@@ -441,7 +441,7 @@ class ScriptRunner(Runner):
                 # before it stored that): follow that job instead of starting it again.
                 self.logger.info("%s: the job was launched before; re-attaching", self)
                 await self._follow(may_launch=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the job with it, as the original
             self.publish_exception("Error initializing command", exc)
 
     async def reattach(self) -> None:
@@ -457,7 +457,7 @@ class ScriptRunner(Runner):
             return
         try:
             await self._follow(may_launch=not self.started_before)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the job with it (as _start)
             self.publish_exception("Error re-attaching to the job", exc)
 
     async def _launch_job(self, *, replace: bool = False) -> bool:
@@ -524,7 +524,7 @@ class ScriptRunner(Runner):
                 result.exit_status,
                 str(result.stdout or "").strip(),
             )
-        except Exception as exc:
+        except (asyncssh.Error, OSError) as exc:  # the channel or connection; TimeoutError too
             self.publish_exception("Unexpected error", exc, fatal=False)
 
     async def close(self) -> None:
@@ -585,7 +585,7 @@ class ScriptRunner(Runner):
                         conn.run(cleanup_command(self.remote_dir), check=True), COMMAND_TIMEOUT
                     )
                     self._cleaned = True
-                except Exception as exc:
+                except (asyncssh.Error, OSError) as exc:  # ProcessError, lost, TimeoutError
                     self.publish_exception(
                         "Error when removing remote working dir", exc, fatal=False
                     )
@@ -615,7 +615,7 @@ class ScriptRunner(Runner):
             self.publish_data(message, "debug")
             self.publish_exit_status(EXCEPTION_STATUS)
             return False
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the job ends with any other failure (as _start)
             self.publish_exception(context, exc)
             return False
         return True
@@ -766,12 +766,14 @@ class ScriptRunner(Runner):
 
     # -- called by the channel -----------------------------------------------
 
-    def _stdout(self, text: str) -> None:
+    def stdout_received(self, text: str) -> None:
+        """The job's channel decoded ``text`` of the job's output (on its PTY: both streams)."""
         if not self._power_action and text.lstrip().startswith(EXPECTED_POWER_ACTION_MESSAGES):
             self._power_action = True
         self._append("stdout", text)
 
-    def _stderr(self, text: str) -> None:
+    def stderr_received(self, text: str) -> None:
+        """The job's channel received a line of the job's stderr (no PTY)."""
         self._append("stderr", text)
 
     def _append(self, output_type: str, text: str) -> None:
@@ -782,12 +784,13 @@ class ScriptRunner(Runner):
             self.publish_data(text, output_type)
         self._schedule_news()
 
-    def _exit_seen(self, channel: _JobChannel) -> None:
+    def exit_seen(self, channel: _JobChannel) -> None:
         """The job printed its exit code: report it now (the channel stays open until the
         proxy stored it and acknowledges, see :meth:`close`)."""
-        self._channel_closed(channel)
+        self.channel_closed(channel)
 
-    def _channel_closed(self, channel: _JobChannel) -> None:
+    def channel_closed(self, channel: _JobChannel) -> None:
+        """``channel`` closed: if it is the job's, report at once (no news interval)."""
         if channel is not self._channel:
             return
         if self._news_handle is not None:

@@ -33,8 +33,11 @@ def _check(run: scenarios.Run) -> None:
     assert figures["tracebacks_in_log"] == 0, run.service.tail(40)
     # A kill between the commit of an exit status and the host's removal of the job directory
     # leaves that directory (nothing is lost: the result is stored; the runner's step is done,
-    # so nothing re-attaches to remove it). The window is milliseconds wide: a few at most.
-    assert figures.get("job_dirs_left", 0) <= max(1, figures["tasks_acknowledged"] // 100), figures
+    # so nothing re-attaches to remove it). The window is milliseconds wide, but a kill right
+    # after Foreman's 200 falls among many jobs ending together: a few per kill (3 of 40 seen).
+    kills = len(run.tally.context["kills"])
+    bound = kills * max(2, figures["tasks_acknowledged"] // 100)
+    assert figures.get("job_dirs_left", 0) <= bound, figures
 
 
 SIMULATED = [

@@ -359,22 +359,6 @@ async def run_flows(engine: Engine, trees: list[dict[str, Any]], eager: bool) ->
             await check_end(world, engine, case)
 
 
-async def abandon(world: World) -> None:
-    """Drop a world as a crash would (tests/test_recovery.py): nothing more reaches the store;
-    its threads finish what they run, their results are lost."""
-    world.store.writer._task.cancel()
-    for task in list(world.executor._tasks) + world._background:
-        task.cancel()
-    for run in world.executor.runs.values():
-        for handle in run.timers.values():
-            handle.cancel()
-    await asyncio.sleep(0)
-    for queue in world.executor.queues.values():
-        await asyncio.to_thread(queue.pool.shutdown, True, cancel_futures=True)
-    if world.store.writer._conn is not None:
-        with contextlib.suppress(Exception):  # the cancelled writer may have closed it
-            await world.store.writer._conn.close()
-    await world.store.engine.dispose()
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
@@ -471,7 +455,7 @@ async def run_stopped(
             if how == "clean":
                 await first.stop()
             else:
-                await abandon(first)
+                await first.abandon()
             gone = True
             for case, _t in running:
                 case.crashed = how != "clean"

@@ -80,7 +80,7 @@ async def _ride_out(world: World, break_it: Callable[[], Any], mend_it: Callable
         async with asyncio.timeout(10):  # not wait_for: a task of its own is patient
             with impatient():
                 await world.trigger(OutageWaiter)
-    except Exception as exc:  # noqa: BLE001 - reported below
+    except Exception as exc:  # reported below
         refusal = exc
     fast_fail_s = time.monotonic() - began
     waiting = sum(1 for e in events if not e.done())

@@ -114,7 +114,7 @@ def test_concurrent_first_starts_agree_on_one_key(tmp_path: Path) -> None:
         try:
             barrier.wait()
             boxes.append(SecretBox.from_key_file(path))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(8)]

@@ -180,7 +180,7 @@ def _start_core(config_dir: Path, cwd: Path) -> subprocess.Popen[bytes]:
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open(cwd / "core-stderr.txt", "ab"),  # noqa: SIM115 - the child owns it
+        stderr=open(cwd / "core-stderr.txt", "ab"),  # the child owns it
     )
 
 

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from dynflow import TIMEOUT, Cancellable, Polling, Timeouts
-from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the tests
+from tests.support.waiting import wait_for
 
 SERVICES: dict[str, ExternalService] = {}
 

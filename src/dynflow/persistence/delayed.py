@@ -161,7 +161,7 @@ class DelayedStore:
     async def load(self, plan_id: str) -> dict[str, Any] | None:
         """The delayed record of a plan (spec §3.4), or None."""
         query = select(delayed_plans).where(delayed_plans.c.execution_plan_uuid == plan_id)
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -230,7 +230,7 @@ class DelayedStore:
             )
             .limit(limit)
         )
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {
@@ -247,7 +247,7 @@ class DelayedStore:
         query = select(func.min(delayed_plans.c.start_at)).where(
             ~delayed_plans.c.frozen, delayed_plans.c.start_at > now
         )
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             return parse_time((await conn.execute(query)).scalar())
 
     async def waited_on(self, limit: int = 10000) -> set[str]:
@@ -265,7 +265,7 @@ class DelayedStore:
             .where(~delayed_plans.c.frozen, pre.c.state != "stopped")
             .limit(limit)
         )
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             return {r[0] for r in (await conn.execute(query)).all()}
 
     async def failed_prerequisites(self, plan_id: str) -> list[str]:
@@ -283,7 +283,7 @@ class DelayedStore:
             )
             .order_by(execution_plans.c.uuid)
         )
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def dependencies(self, plan_id: str) -> list[str]:
@@ -298,7 +298,7 @@ class DelayedStore:
 
     async def _related(self, wanted: Any, known: Any, plan_id: str) -> list[str]:
         query = select(wanted).where(known == plan_id).order_by(wanted)
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def existing(self, plan_ids: Sequence[str]) -> set[str]:
@@ -306,7 +306,7 @@ class DelayedStore:
         if not plan_ids:
             return set()
         query = select(execution_plans.c.uuid).where(execution_plans.c.uuid.in_(list(plan_ids)))
-        async with self.store._read() as conn:
+        async with self.store.read() as conn:
             return {r[0] for r in (await conn.execute(query)).all()}
 
     @staticmethod

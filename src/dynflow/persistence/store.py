@@ -33,7 +33,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -229,7 +229,7 @@ def action_row(action: Action) -> dict[str, Any]:
         "caller_action_id": action.caller_action_id,
         "class": action.name(),
         "input": dumps(action.input),
-        "output": dumps(action._output),
+        "output": dumps(action.output_data),
         "plan_step_id": action.plan_step_id,
         "run_step_id": action.run_step_id,
         "finalize_step_id": action.finalize_step_id,
@@ -353,7 +353,15 @@ class Store:
         return sqlite_insert(coordinator_records).on_conflict_do_nothing()
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading, closed (back to the pool) when the block ends.
+
+        Every query of the store and of its parts (``store.delayed``) runs in one of these;
+        nothing written through it is committed (writes go through ``write``). While the
+        database cannot be reached it waits for a connection (``StoreUnavailable`` at once
+        inside ``health.impatient()``); on an in-memory database it takes turns with the
+        writer on their shared connection.
+        """
         if self._shared_lock is None:
             conn = await self._connect_patiently()
             try:
@@ -399,6 +407,11 @@ class Store:
     def stop_waiting_after(self, seconds: float) -> None:
         """A database outage is waited out for ``seconds`` more at most (see the writer's)."""
         self.writer.stop_waiting_after(seconds)
+
+    async def abandon(self) -> None:
+        """Stop writing at once and drop the connections (a crash, see ``World.abandon``)."""
+        await self.writer.abandon()
+        await self.engine.dispose()
 
     async def close(self) -> None:
         await self.writer.close()
@@ -470,7 +483,7 @@ class Store:
             {
                 "b_uuid": action.execution_plan_id,
                 "b_id": action.id,
-                "output": dumps(action._output),
+                "output": dumps(action.output_data),
             },
         )
 
@@ -595,47 +608,49 @@ class Store:
             execution_history=loads(row.execution_history) or [],
         )
 
+    # Step and action rows are read as mappings (``Result.mappings()``): their ``class``
+    # column is no Python attribute name.
     @staticmethod
-    def _step_from_row(row: Any) -> Step:
+    def _step_from_row(row: RowMapping) -> Step:
         cls = STEP_CLASSES[row["class"]]
         return cls(
-            row.execution_plan_uuid,
-            row.id,
-            row.action_id,
-            row.action_class,
-            row.state,
-            error=loads(row.error),
-            started_at=parse_time(row.started_at),
-            ended_at=parse_time(row.ended_at),
-            execution_time=row.execution_time or 0.0,
-            real_time=row.real_time or 0.0,
-            progress_done=row.progress_done or 0.0,
-            progress_weight=row.progress_weight or 0.0,
-            queue=row.queue,
-            children=loads(row.children),
+            row["execution_plan_uuid"],
+            row["id"],
+            row["action_id"],
+            row["action_class"],
+            row["state"],
+            error=loads(row["error"]),
+            started_at=parse_time(row["started_at"]),
+            ended_at=parse_time(row["ended_at"]),
+            execution_time=row["execution_time"] or 0.0,
+            real_time=row["real_time"] or 0.0,
+            progress_done=row["progress_done"] or 0.0,
+            progress_weight=row["progress_weight"] or 0.0,
+            queue=row["queue"],
+            children=loads(row["children"]),
         )
 
     @staticmethod
-    def _action_from_row(row: Any, world: Any, phase: str = "present") -> Action:
+    def _action_from_row(row: RowMapping, world: Any, phase: str = "present") -> Action:
         cls = resolve_class(row["class"])
         return cls(
             world=world,
-            execution_plan_id=row.execution_plan_uuid,
-            id=row.id,
-            plan_step_id=row.plan_step_id,
-            run_step_id=row.run_step_id,
-            finalize_step_id=row.finalize_step_id,
-            caller_execution_plan_id=row.caller_execution_plan_id,
-            caller_action_id=row.caller_action_id,
-            input=loads(row.input) or {},
-            output=loads(row.output) or {},
+            execution_plan_id=row["execution_plan_uuid"],
+            id=row["id"],
+            plan_step_id=row["plan_step_id"],
+            run_step_id=row["run_step_id"],
+            finalize_step_id=row["finalize_step_id"],
+            caller_execution_plan_id=row["caller_execution_plan_id"],
+            caller_action_id=row["caller_action_id"],
+            input=loads(row["input"]) or {},
+            output=loads(row["output"]) or {},
             phase=phase,
         )
 
     async def load_plan(
         self, plan_id: str, world: Any = None, *, with_steps: bool = True, with_actions: bool = True
     ) -> ExecutionPlan | None:
-        async with self._read() as conn:
+        async with self.read() as conn:
             row = (
                 await conn.execute(select(execution_plans).where(execution_plans.c.uuid == plan_id))
             ).first()
@@ -645,13 +660,13 @@ class Store:
             if row.state in ("scheduled", "planning"):
                 plan.delayed = (await self.delayed.info_of(conn, [plan_id])).get(plan_id)
             if with_steps:
-                for srow in await conn.execute(
-                    select(steps).where(steps.c.execution_plan_uuid == plan_id)
-                ):
+                for srow in (
+                    await conn.execute(select(steps).where(steps.c.execution_plan_uuid == plan_id))
+                ).mappings():
                     try:
-                        step = self._step_from_row(srow._mapping)
+                        step = self._step_from_row(srow)
                     except _DECODE_ERRORS as exc:
-                        raise _unreadable(plan_id, f"its step {srow.id}", exc) from exc
+                        raise _unreadable(plan_id, f"its step {srow['id']}", exc) from exc
                     plan.steps[step.id] = step
                 missing = [i for i in plan.step_ids if i not in plan.steps]
                 if missing:  # as Dynflow's DataConsistencyError: never load it as if whole
@@ -660,13 +675,15 @@ class Store:
                         f"{', '.join(map(str, missing[:10]))} are missing from the database"
                     )
             if with_actions:
-                for arow in await conn.execute(
-                    select(actions).where(actions.c.execution_plan_uuid == plan_id)
-                ):
+                for arow in (
+                    await conn.execute(
+                        select(actions).where(actions.c.execution_plan_uuid == plan_id)
+                    )
+                ).mappings():
                     try:
-                        action = self._action_from_row(arow._mapping, world)
+                        action = self._action_from_row(arow, world)
                     except _DECODE_ERRORS as exc:
-                        raise _unreadable(plan_id, f"its action {arow.id}", exc) from exc
+                        raise _unreadable(plan_id, f"its action {arow['id']}", exc) from exc
                     action.execution_plan = plan
                     plan.actions[action.id] = action
         if with_steps:
@@ -788,7 +805,7 @@ class Store:
             query = ordered(query, execution_plans.c.uuid)
             if per_page is not None:
                 query = query.limit(per_page).offset((page or 0) * per_page)
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
             waiting = [r.uuid for r in rows if r.state in ("scheduled", "planning")]
             delayed = await self.delayed.info_of(conn, waiting)
@@ -799,7 +816,7 @@ class Store:
 
     async def count_plans(self, filters: dict[str, Any] | None = None) -> int:
         query = self._filtered(select(func.count()).select_from(execution_plans), filters)
-        async with self._read() as conn:
+        async with self.read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def plan_statuses(
@@ -811,7 +828,7 @@ class Store:
             select(execution_plans.c.uuid, execution_plans.c.state, execution_plans.c.result),
             filters,
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.uuid: {"state": r.state, "result": r.result} for r in rows}
 
@@ -824,7 +841,7 @@ class Store:
                 raise ValueError(f"cannot group by {name!r}")
         columns = [execution_plans.c[name] for name in group_by]
         query = self._filtered(select(*columns, func.count()).group_by(*columns), filters)
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return {tuple(row[:-1]): int(row[-1]) for row in rows}
 
@@ -832,7 +849,7 @@ class Store:
         """The distinct labels of stored plans, in order (read from the label index)."""
         column = execution_plans.c.label
         query = select(column).where(column.is_not(None)).distinct().order_by(column).limit(limit)
-        async with self._read() as conn:
+        async with self.read() as conn:
             return [row[0] for row in (await conn.execute(query)).all()]
 
     async def sub_plan_counts(self, plan_id: str) -> dict[int | None, int]:
@@ -842,20 +859,17 @@ class Store:
             .where(actions.c.caller_execution_plan_id == plan_id, actions.c.id == 1)
             .group_by(actions.c.caller_action_id)
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return {row[0]: int(row[1]) for row in rows}
 
     async def load_actions(self, plan_id: str, world: Any = None) -> list[Action]:
-        async with self._read() as conn:
-            rows = (
-                await conn.execute(
-                    select(actions)
-                    .where(actions.c.execution_plan_uuid == plan_id)
-                    .order_by(actions.c.id)
-                )
-            ).all()
-        return [self._action_from_row(r._mapping, world) for r in rows]
+        query = (
+            select(actions).where(actions.c.execution_plan_uuid == plan_id).order_by(actions.c.id)
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [self._action_from_row(r, world) for r in rows]
 
     async def load_output_chunks(self, plan_id: str, action_id: int) -> list[dict[str, Any]]:
         query = (
@@ -866,7 +880,7 @@ class Store:
             )
             .order_by(output_chunks.c.id)
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {"id": r.id, "timestamp": r.timestamp, "kind": r.kind, "chunk": loads(r.chunk)}
@@ -882,7 +896,7 @@ class Store:
             .where(output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.id > after_id)
             .order_by(output_chunks.c.id)
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {
@@ -907,7 +921,7 @@ class Store:
         query = select(func.count()).select_from(output_chunks).where(
             output_chunks.c.execution_plan_uuid == plan_id, output_chunks.c.action_id == action_id
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             count = int((await conn.execute(query)).scalar() or 0)
         await self.write(plan_id, [self.delete_chunks_stmt(plan_id, action_id)])
         return count
@@ -919,7 +933,7 @@ class Store:
             .where(planned_events.c.execution_plan_uuid == plan_id)
             .order_by(planned_events.c.deliver_at)
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
             {
@@ -944,14 +958,14 @@ class Store:
             query = query.where(coordinator_records.c.owner_id == owner)
         if record_id is not None:
             query = query.where(coordinator_records.c.id == record_id)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
         return [
             {
-                "id": r.id,
-                "class": r._mapping["class"],
-                "owner_id": r.owner_id,
-                "data": loads(r.data),
+                "id": r["id"],
+                "class": r["class"],
+                "owner_id": r["owner_id"],
+                "data": loads(r["data"]),
             }
             for r in rows
         ]
@@ -1004,7 +1018,7 @@ class Store:
             )
             .limit(limit)
         )
-        async with self._read() as conn:
+        async with self.read() as conn:
             return [r.uuid for r in (await conn.execute(query)).all()]
 
 

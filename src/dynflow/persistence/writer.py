@@ -153,13 +153,24 @@ class Writer:
         self._closing = True
         self._closed.set()
         self._wakeup.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             await self._task
         if self._conn is not None:
             try:
                 await self._conn.close()
             except Exception as exc:  # noqa: BLE001 - a connection the outage cut
                 log.debug("closing the writer's connection failed: %s", exc)
+
+    async def abandon(self) -> None:
+        """Stop at once, committing nothing more (a crash, see ``World.abandon``)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # the cancelled commit may have broken it
+                await self._conn.close()
 
     async def write(self, write: Write) -> bool:
         """Queue ``write`` and wait until it is committed; False if one of its guards failed."""
@@ -235,7 +246,7 @@ class Writer:
                 log.debug("closing the writer's old connection failed: %s", exc)
         try:
             self._conn = await self.engine.connect()
-        except Exception as exc:  # noqa: BLE001 - reported by the next attempt
+        except Exception as exc:  # reported by the next attempt
             cause = store_failure_cause(exc)
             if cause is None:
                 raise

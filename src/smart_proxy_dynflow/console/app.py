@@ -230,7 +230,7 @@ class Console:
                 response = self.error(page, exc.status, title, exc.message, exc.link)
             except PlanUnreadable as exc:
                 response = self.error(page, 409, "Plan cannot be read", f"{exc}.")
-            except Exception:  # noqa: BLE001 - an error page, never a traceback
+            except Exception:  # an error page, never a traceback
                 log.exception("console error on %s %s", request.method, request.url.path)
                 response = self.error(
                     page,
@@ -410,7 +410,7 @@ class Console:
         for runner_id in self._runners.get(plan_id, ()):
             try:
                 self.refresh_output(runner_id)
-            except Exception:  # noqa: BLE001 - output refresh is best effort
+            except Exception:  # output refresh is best effort
                 log.debug("refreshing runner %s failed", runner_id, exc_info=True)
 
     async def plan(self, request: Request, page: Page) -> Response:

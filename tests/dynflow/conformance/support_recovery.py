@@ -3,7 +3,7 @@
 Several worlds share one database inside the test process. Two things stand in for Dynflow's
 multi-process set-up:
 
-* ``abandon(world)`` drops a world as a ``kill -9`` would: its tasks are cancelled and its
+* ``World.abandon()`` drops a world as a ``kill -9`` would: its tasks are cancelled and its
   store closed, while its world record and its locks stay in the database;
 * a world that must stay *alive* in the eyes of the other worlds gets a foreign hostname in its
   meta (``live_world``): our engine judges a world on this host by its pid, and every world of
@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from dynflow import Action, World, telemetry
+from dynflow import Action, World
 from dynflow.delayed import PLANNING_LOCK, planning_lock_id
 from dynflow.executor import EXECUTION_LOCK
 from dynflow.world import WORLD_RECORD
@@ -67,28 +67,13 @@ def serialize_migrations(*worlds: World) -> None:
         w.store.migrate = migrate_in_turn  # type: ignore[method-assign]
 
 
-async def abandon(world: World) -> None:
-    """Drop a world as a SIGKILL would: nothing more reaches the database."""
-    world.store.writer._task.cancel()
-    for task in list(world.executor._tasks) + world._background:
-        task.cancel()
-    for run in world.executor.runs.values():
-        for handle in run.timers.values():
-            handle.cancel()
-    await asyncio.sleep(0)
-    if world.store.writer._conn is not None:
-        await world.store.writer._conn.close()
-    await world.store.engine.dispose()
-    for queue in world.executor.queues.values():  # its threads die with it, too
-        queue.pool.shutdown(wait=False, cancel_futures=True)
-        telemetry.untrack_queue(queue)
 
 
 async def stop_all(*worlds: World) -> None:
     for w in worlds:
         try:
             await w.stop()
-        except Exception:  # noqa: BLE001 - best effort in a finally
+        except Exception:  # best effort in a finally
             pass
 
 

@@ -5,7 +5,7 @@ plans the world was executing, applies their rescue strategy and executes them e
 repairs what the world was planning and removes its locks. Our engine does the same at start
 (``auto_recover``) and in ``world.invalidate_dead_worlds()``; a world is dead when its process
 is gone (same host) or its heartbeat is old. A ``kill -9`` is simulated in-process with
-``abandon(world)`` (``support_recovery``); worlds that must stay alive get a foreign hostname.
+``World.abandon()``; worlds that must stay alive get a foreign hostname.
 
 Ruby's "client worlds" (no executor) have no counterpart: every world of ours executes, so the
 world that invalidates also re-executes. Ruby's lock-log assertions (``CoordiationAdapterWithLog``)
@@ -42,7 +42,6 @@ from tests.dynflow.conformance.support_recovery import (
     Quick,
     SkippableBlocking,
     Waiting,
-    abandon,
     claim_for_planning,
     history,
     history_names,
@@ -79,7 +78,7 @@ async def executing_then_killed(db_url: str, action=Waiting):
     triggered = await first.trigger(action)
     state = "suspended" if action is Waiting else "running"
     await wait_step_state(first, triggered.id, RUN_STEP, state)
-    await abandon(first)
+    await first.abandon()
     return first, triggered.id
 
 
@@ -133,7 +132,7 @@ async def test_honors_rescue_strategy_when_invalidating_execution_locks(db_url):
     await dead.start()
     triggered = await dead.trigger(SkippableBlocking)
     await wait_step_state(dead, triggered.id, RUN_STEP, "running")
-    await abandon(dead)
+    await dead.abandon()
     other = world(db_url, auto_rescue=False, auto_recover=True)
     await other.start()
     try:
@@ -243,7 +242,7 @@ async def test_handles_missing_execution_plans(db_url):
     dead = world(db_url)
     await dead.start()
     await put_execution_lock(dead, "missing", dead.id)
-    await abandon(dead)
+    await dead.abandon()
     other = live_world(db_url)
     await other.start()
     try:
@@ -274,7 +273,7 @@ async def test_releases_singleton_locks_belonging_to_missing_execution_plan(db_u
         plan_owner("missing"),
         lock_data("missing"),
     )
-    await abandon(dead)
+    await dead.abandon()
     other = live_world(db_url)
     await other.start()
     try:
@@ -294,7 +293,7 @@ async def _planning_interrupted(db_url: str, root_step_state: str | None):
     await dead.start()
     scheduled = await dead.delay(Counted, None)
     await claim_for_planning(dead, scheduled.id, root_step_state)
-    await abandon(dead)
+    await dead.abandon()
     return dead, scheduled.id
 
 
@@ -359,7 +358,7 @@ async def test_releases_orphaned_planning_locks_without_execution_plans(db_url):
         dead.id,
         {"world_id": dead.id, "execution_plan_id": missing},
     )
-    await abandon(dead)
+    await dead.abandon()
     other = live_world(db_url)
     await other.start()
     try:
