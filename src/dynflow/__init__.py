@@ -1,6 +1,8 @@
 """Dynflow for Python: durable workflow engine (actions, flows, execution plans, executor)."""
 
 from .action import ABORT, CANCEL, POLL, SKIP, TIMEOUT, Action, OutputReference, SuspendedHandle
+from .cancellable import Cancellable
+from .delayed import Scheduled
 from .errors import (
     DynflowError,
     EventRejected,
@@ -11,6 +13,13 @@ from .errors import (
     UnknownActionClass,
 )
 from .execution_plan import ExecutionPlan
+from .middleware import Middleware, MiddlewareCycle, MiddlewareRules
+from .polling import Polling
+from .serializers import ArgsSerializer, DelayOptions, JsonArgs
+from .singleton import Singleton
+from .sub_plans import WithSubPlans
+from .timeouts import Timeouts
+from .world import PlanningFailed, Triggered, World, WorldConfig
 
 __all__ = [
     "ABORT",
@@ -19,37 +28,30 @@ __all__ = [
     "SKIP",
     "TIMEOUT",
     "Action",
+    "ArgsSerializer",
+    "Cancellable",
+    "DelayOptions",
     "DynflowError",
     "EventRejected",
     "ExecutionPlan",
     "ExecutionRejected",
     "IllegalTransition",
+    "JsonArgs",
+    "Middleware",
+    "MiddlewareCycle",
+    "MiddlewareRules",
     "NotSerializable",
     "OutputReference",
     "PlanNotFound",
+    "PlanningFailed",
+    "Polling",
+    "Scheduled",
+    "Singleton",
     "SuspendedHandle",
+    "Timeouts",
+    "Triggered",
     "UnknownActionClass",
+    "WithSubPlans",
+    "World",
+    "WorldConfig",
 ]
-
-from .world import PlanningFailed, Triggered, World, WorldConfig
-
-__all__ += ["PlanningFailed", "Triggered", "World", "WorldConfig"]
-
-from .delayed import ArgsSerializer, DelayOptions, JsonArgs, Scheduled  # noqa: E402
-
-__all__ += ["ArgsSerializer", "DelayOptions", "JsonArgs", "Scheduled"]
-
-from .cancellable import Cancellable  # noqa: E402
-from .polling import Polling  # noqa: E402
-from .timeouts import Timeouts  # noqa: E402
-
-__all__ += ["Cancellable", "Polling", "Timeouts"]
-
-from .sub_plans import WithSubPlans  # noqa: E402
-
-__all__ += ["WithSubPlans"]
-
-from .middleware import Middleware, MiddlewareCycle, MiddlewareRules  # noqa: E402
-from .singleton import Singleton  # noqa: E402
-
-__all__ += ["Middleware", "MiddlewareCycle", "MiddlewareRules", "Singleton"]

@@ -8,15 +8,18 @@ An ``Action`` subclass defines ``plan(...)`` and optionally ``run(event=None)`` 
 from __future__ import annotations
 
 import inspect
+import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ActionFailed, PlanningError, UnknownActionClass
 from .middleware import MiddlewareRules
+from .rescue import combine_strategies
+from .serializers import ArgsSerializer, DelayOptions, JsonArgs
 
 if TYPE_CHECKING:
-    from .delayed import ArgsSerializer, DelayOptions
     from .execution_plan import ExecutionPlan
     from .world import World
 
@@ -467,8 +470,6 @@ class Action:
         self, chunk: Any, kind: str | None = None, timestamp: float | None = None
     ) -> None:
         """Append a piece of incremental output, stored when the step execution is saved."""
-        import time
-
         self._chunks.append(
             {
                 "chunk": chunk,
@@ -513,8 +514,6 @@ class Action:
         """Called when a plan of this action is delayed, with the arguments ``plan`` will get;
         returns the serializer that stores them until then (default: ``JsonArgs``, the
         arguments as JSON values). Override it to store, say, ids instead of objects."""
-        from .delayed import JsonArgs
-
         return JsonArgs(args, kwargs)
 
     # ---- rescue (spec §1.6) ----------------------------------------------------------------
@@ -525,8 +524,6 @@ class Action:
         return action.rescue_strategy()
 
     def rescue_strategy(self) -> str | None:
-        from .rescue import combine_strategies
-
         plan = self.execution_plan
         assert plan is not None
         suggestions: list[str] = []
@@ -592,8 +589,6 @@ def resolve_class(name: str) -> type[Action]:
     try:
         return lookup(name)
     except UnknownActionClass:
-        import types
-
         return types.new_class(
             "MissingAction",
             (MissingAction,),

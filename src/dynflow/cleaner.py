@@ -6,16 +6,37 @@ import asyncio
 import contextlib
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from .locks import CLEANER_LOCK
+from .coordinator import CLEANER_ID, CLEANER_LOCK
 from .persistence.health import StoreUnavailable
 from .serialization import utcnow
 
 if TYPE_CHECKING:
-    from .world import World
+    from .persistence.store import Store
 
 log = logging.getLogger("dynflow.cleaner")
+
+
+class CleanerSettings(Protocol):
+    """How old a plan gets before it is deleted (``WorldConfig`` is one)."""
+
+    @property
+    def stopped_max_age(self) -> float: ...
+    @property
+    def paused_max_age(self) -> float: ...
+
+
+class CleanerWorld(Protocol):
+    """What the cleaner uses of its world (``dynflow.world.World`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> CleanerSettings: ...
+    def is_running(self, plan_id: str) -> bool: ...
 
 
 class Cleaner:
@@ -23,7 +44,7 @@ class Cleaner:
     ``paused_max_age`` (the original never removed those). One world of a cluster cleans at a
     time, holding the ``execution-plan-cleaner`` lock."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: CleanerWorld) -> None:
         self.world = world
 
     async def clean(self) -> int:
@@ -32,7 +53,7 @@ class Cleaner:
         now = utcnow()
         deleted = 0
         if not await store.acquire_lock(
-            CLEANER_LOCK, "execution-plan-cleaner", self.world.id, {"world_id": self.world.id}
+            CLEANER_LOCK, CLEANER_ID, self.world.id, {"world_id": self.world.id}
         ):
             return 0
         try:
@@ -50,7 +71,7 @@ class Cleaner:
             # refused only when the world stops during an outage: then the cancellation (or
             # the error) must go on, and the lock is freed with the world's other records
             with contextlib.suppress(StoreUnavailable):
-                await store.release_lock(CLEANER_LOCK, "execution-plan-cleaner", self.world.id)
+                await store.release_lock(CLEANER_LOCK, CLEANER_ID, self.world.id)
         if deleted:
             log.info("cleaner deleted %d execution plans", deleted)
         return deleted

@@ -10,7 +10,9 @@ deletion of the record then share one transaction.
 
 The arguments go through an *args serializer*: the root action's ``delay(delay_options, *args,
 **kwargs)`` returns one (``JsonArgs`` by default: the arguments as JSON values). A custom one
-turns, say, objects into ids when the plan is delayed and back when it is planned.
+turns, say, objects into ids when the plan is delayed and back when it is planned. The
+serializers and ``DelayOptions`` are defined in ``dynflow.serializers`` (below ``dynflow.action``)
+and can be imported from here too.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from . import locks
 from .action import Action, resolve_class
+from .coordinator import EXECUTION_LOCK, PLANNING_LOCK, execution_lock_id, planning_lock_id
 from .errors import DynflowError, NotSerializable, PlanNotFound
 from .execution_plan import ExecutionPlan
-from .executor import EXECUTION_LOCK
-from .locks import PLANNING_LOCK
 from .middleware import delay_chain
-from .serialization import dumps, format_time, utcnow
+from .serialization import format_time, utcnow
+from .serializers import ArgsSerializer, DelayOptions, TimeSpec, serializer_class
+from .serializers import JsonArgs as JsonArgs  # re-exported: ``dynflow.delayed.JsonArgs``
 from .step import PlanStep, error_hash, plain_error
 
 if TYPE_CHECKING:
@@ -41,12 +44,6 @@ log = logging.getLogger("dynflow.delayed")
 HISTORY_TIMEOUT = "timeout"
 HISTORY_FAILED_DEPENDENCY = "failed-dependency"
 HISTORY_CANCELLED = "Delayed task cancelled"
-
-TimeSpec = datetime | timedelta | int | float | None
-
-
-def planning_lock_id(plan_id: str) -> str:
-    return f"execution-plan:{plan_id}"
 
 
 def _absolute(value: TimeSpec, now: datetime) -> datetime | None:
@@ -63,100 +60,6 @@ def _absolute(value: TimeSpec, now: datetime) -> datetime | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return now + timedelta(seconds=float(value))
     raise TypeError(f"a start time is a datetime, a timedelta or seconds, not {value!r}")
-
-
-@dataclass(frozen=True)
-class DelayOptions:
-    """When a delayed plan may start.
-
-    * ``start_at``: not before this time (None: as soon as the delayed executor sees it);
-    * ``start_before``: if it could not start by then, it fails ("Execution plan could not be
-      started before set time"); None: no deadline;
-    * ``frozen``: never picked up until ``world.set_delayed_frozen(plan_id, False)``.
-
-    Times are ``datetime`` (naive ones are UTC), ``timedelta`` or seconds, both from now.
-    """
-
-    start_at: TimeSpec = None
-    start_before: TimeSpec = None
-    frozen: bool = False
-
-    @classmethod
-    def coerce(cls, value: DelayOptions | dict[str, Any] | None) -> DelayOptions:
-        if value is None:
-            return cls()
-        if isinstance(value, DelayOptions):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        raise TypeError(f"delay options are DelayOptions or a dict, not {value!r}")
-
-
-_serializers: dict[str, type[ArgsSerializer]] = {}
-
-
-class ArgsSerializer:
-    """Turns the arguments of a delayed plan into JSON and back.
-
-    Override ``serialize``/``deserialize`` (applied to every positional argument and keyword
-    value) or, for full control, ``serialize_args``/``deserialize_args``. Subclasses are
-    registered by name (``module.Class``, plus ``wire_names``), which is what the delayed
-    record stores, so keep them in an importable module.
-    """
-
-    wire_names: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in (cls.name(), *cls.__dict__.get("wire_names", ())):
-            _serializers[name] = cls
-
-    def __init__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-
-    @classmethod
-    def name(cls) -> str:
-        return f"{cls.__module__}.{cls.__qualname__}"
-
-    def serialize(self, value: Any) -> Any:
-        """One argument as a JSON value."""
-        return value
-
-    def deserialize(self, value: Any) -> Any:
-        """One stored argument back as what ``plan()`` takes."""
-        return value
-
-    def serialize_args(self) -> dict[str, Any]:
-        """The stored form: ``{"args": [...], "kwargs": {...}}``; must be JSON."""
-        data = {
-            "args": [self.serialize(a) for a in self.args],
-            "kwargs": {k: self.serialize(v) for k, v in self.kwargs.items()},
-        }
-        dumps(data)
-        return data
-
-    def deserialize_args(self, data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        data = data or {}
-        args = tuple(self.deserialize(a) for a in data.get("args") or [])
-        kwargs = {k: self.deserialize(v) for k, v in (data.get("kwargs") or {}).items()}
-        return args, kwargs
-
-
-class JsonArgs(ArgsSerializer):
-    """The default: arguments are stored as they are (they must be JSON values)."""
-
-    wire_names = ("Dynflow::Serializers::Noop",)
-
-
-_serializers[ArgsSerializer.name()] = ArgsSerializer  # usable as is: JSON values, like JsonArgs
-
-
-def serializer_class(name: str) -> type[ArgsSerializer]:
-    try:
-        return _serializers[name]
-    except KeyError:
-        raise DynflowError(f"args serializer {name!r} is not registered") from None
 
 
 @dataclass
@@ -444,7 +347,7 @@ async def _plan_claimed(
             release,
             store.acquire_lock_stmt(
                 EXECUTION_LOCK,
-                f"execution-plan:{plan_id}",
+                execution_lock_id(plan_id),
                 world.id,
                 {"world_id": world.id, "execution_plan_id": plan_id},
             ),
@@ -473,7 +376,7 @@ async def _plan_claimed(
     return None
 
 
-async def repair(world: World, plan_id: str, stale_owner: str | None) -> bool:
+async def repair(world: locks.LockingWorld, plan_id: str, stale_owner: str | None) -> bool:
     """A plan left in ``planning`` by a world that died: back to ``scheduled`` (spec §1.8)."""
     store = world.store
     plan = await store.load_plan(plan_id, world, with_actions=False)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import delayed
-from .locks import DELAYED_EXECUTOR_LOCK
+from .coordinator import DELAYED_EXECUTOR_ID, DELAYED_EXECUTOR_LOCK, PLANNING_LOCK, WORLD_RECORD
 from .recovery import _pid_alive
 from .serialization import utcnow
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .world import World
 
 log = logging.getLogger("dynflow.delayed")
-
-DELAYED_EXECUTOR_ID = "delayed-executor"
 
 
 def world_alive(world: World, record: dict[str, Any]) -> bool:
@@ -65,8 +63,6 @@ class DelayedExecutor:
 
     # ---- the lock --------------------------------------------------------------------------------
     async def _alive(self, owner: str) -> bool:
-        from .world import WORLD_RECORD
-
         if owner == self.world.id:
             return True
         records = await self.world.store.find_records(cls=WORLD_RECORD, record_id=owner)
@@ -178,7 +174,7 @@ class DelayedExecutor:
                 if planning_owners is None:
                     planning_owners = {
                         (r.get("data") or {}).get("execution_plan_id", ""): r["owner_id"]
-                        for r in await store.find_records(cls=delayed.PLANNING_LOCK)
+                        for r in await store.find_records(cls=PLANNING_LOCK)
                     }
                 owner = planning_owners.get(plan_id)
                 if owner is not None and owner != world.id and await self._alive(owner):

@@ -31,6 +31,7 @@ from .action import (
     dereference,
     referenced_steps,
 )
+from .coordinator import EXECUTION_LOCK, execution_lock_id
 from .errors import EventRejected, NotSerializable
 from .execution_plan import ExecutionPlan
 from .middleware import finalize_chain, finalize_phase_chain, run_chain
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynflow.executor")
 
-EXECUTION_LOCK = "ExecutionLock"
 RUNNABLE_FROM = ("pending", "error", "skipping", "suspended")
 
 # A planned event whose save is written with its step's: (event id, event, deliver at).
@@ -704,7 +704,7 @@ class PlanRun:
             *stmts,
             self.store.update_plan_stmt(plan),
             self.store.release_lock_stmt(
-                EXECUTION_LOCK, f"execution-plan:{plan.id}", self.world.id
+                EXECUTION_LOCK, execution_lock_id(plan.id), self.world.id
             ),
             *locks.end_stmts(self.store, plan, state, halted=self.halted),
         ]

@@ -18,21 +18,35 @@ released when the plan becomes ``stopped``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from .coordinator import INHIBITION_LOCK, SINGLETON_LOCK, plan_owner
 from .errors import PlanNotFound
-from .locks import INHIBITION_LOCK, SINGLETON_LOCK, plan_owner
 
 if TYPE_CHECKING:
     from .execution_plan import ExecutionPlan
-    from .world import World
+    from .executor import Executor
+    from .persistence.store import Store
 
 log = logging.getLogger("dynflow.halt")
+
+
+class HaltingWorld(Protocol):
+    """What halting uses of the world (``dynflow.world.World`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def executor(self) -> Executor: ...
+    async def run_hooks(self, plan: ExecutionPlan, state: str) -> None: ...
+
 
 STOPPABLE = ("pending", "planned", "paused", "scheduled")
 
 
-async def halt(world: World, plan_id: str) -> str:
+async def halt(world: HaltingWorld, plan_id: str) -> str:
     """Halt ``plan_id``; returns its state afterwards (``running`` if another world runs it
     and will halt it at its next heartbeat)."""
     store = world.store
@@ -58,7 +72,7 @@ async def halt(world: World, plan_id: str) -> str:
     return plan.state
 
 
-async def stop_directly(world: World, plan: ExecutionPlan) -> bool:
+async def stop_directly(world: HaltingWorld, plan: ExecutionPlan) -> bool:
     """A plan nobody executes → ``stopped``, releasing its locks (and a delayed record).
 
     False if a scheduled plan was claimed for planning meanwhile (its executor halts it).
@@ -88,7 +102,7 @@ async def stop_directly(world: World, plan: ExecutionPlan) -> bool:
     return True
 
 
-async def check_inhibitions(world: World) -> int:
+async def check_inhibitions(world: HaltingWorld) -> int:
     """Halt the running plans of this world another world asked to halt; returns how many."""
     runs = world.executor.runs
     if not runs:

@@ -1,55 +1,45 @@
 """Coordinator locks of plans: singleton-action locks and execution inhibition (spec §1.9, §3.4).
 
-Locks are rows of ``dynflow_coordinator_records`` (primary key ``(id, class)``): taking one is
-an ``INSERT ... ON CONFLICT DO NOTHING`` guard, so two worlds sharing a database never both get
-it.
+The kinds (who takes each, its id and owner, when it is released) are in
+:mod:`dynflow.coordinator`; this module takes and releases the ones a plan holds:
 
-* ``SingletonActionLock`` ``singleton-action:<class>``, owned by ``execution-plan:<uuid>``: taken
-  when a plan with a singleton action is first stored (``acquire_planning_locks``) or when its
-  run starts (``dynflow.singleton``); released when the plan pauses or stops (``end_stmts``).
-* ``ExecutionInhibitionLock`` ``execution-plan:<uuid>``, owned by the plan itself: taken by
-  ``world.halt``; an inhibited plan is never executed again; released when it stops.
-
-* ``PlanningLock``, ``DelayedExecutorLock``, ``ExecutionPlanCleanerLock``: owned by a world;
-  when it is invalidated they are released (a plan it left in ``planning`` is scheduled again).
-
-``clean_orphaned_locks`` (run at world start, after recovery) releases singleton locks whose
-plan is gone, paused or stopped, and inhibition locks whose plan is gone or stopped.
+* the locks planning asked for (singleton actions), taken together with the first store of the
+  plan (``take_planning_locks``: "Action X is already active" if another plan holds one);
+* what a plan entering ``paused`` or ``stopped`` releases (``end_stmts``): its singleton locks,
+  and its inhibition lock once it stops after a halt;
+* ``clean_orphaned_locks`` (run at world start, after recovery) releases singleton locks whose
+  plan is gone, paused or stopped, and inhibition locks whose plan is gone or stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .coordinator import INHIBITION_LOCK, LOCK_ERROR, SINGLETON_LOCK, WORLD_RECORD, plan_owner
 from .step import plain_error
 
 if TYPE_CHECKING:
     from .execution_plan import ExecutionPlan, LockRequest
     from .persistence.store import Store
     from .persistence.writer import Stmt
-    from .world import World
 
 log = logging.getLogger("dynflow.locks")
 
-WORLD_RECORD = "ExecutorWorld"  # a world's registration (its heartbeat), owned by itself
-SINGLETON_LOCK = "SingletonActionLock"
-INHIBITION_LOCK = "ExecutionInhibitionLock"
-# Locks a world holds for itself (owner: the world's id), released when it is invalidated:
-PLANNING_LOCK = "PlanningLock"  # a delayed plan being planned (``execution-plan:<uuid>``)
-DELAYED_EXECUTOR_LOCK = "DelayedExecutorLock"  # the one world running the delayed executor
-CLEANER_LOCK = "ExecutionPlanCleanerLock"  # the world cleaning old plans right now
-WORLD_OWNED_LOCKS = (PLANNING_LOCK, DELAYED_EXECUTOR_LOCK, CLEANER_LOCK)
-LOCK_ERROR = "Dynflow::Coordinator::LockError"
+
+class LockingWorld(Protocol):
+    """What the functions here use of the world (``dynflow.world.World`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+
+
 # A lock whose plan is not stored (yet) is left alone this long: planning takes the locks just
 # before it stores the plan.
 ORPHAN_GRACE = 60.0
-
-
-def plan_owner(plan_id: str) -> str:
-    """The owner id of locks held by an execution plan (and the id of its inhibition lock)."""
-    return f"execution-plan:{plan_id}"
 
 
 def lock_data(plan_id: str, world_id: str | None = None) -> dict[str, Any]:
@@ -72,7 +62,7 @@ def _unique(requests: list[LockRequest]) -> list[LockRequest]:
     return list(seen.values())
 
 
-async def take_planning_locks(world: World, plan: ExecutionPlan) -> list[Stmt] | None:
+async def take_planning_locks(world: LockingWorld, plan: ExecutionPlan) -> list[Stmt] | None:
     """Take the locks planning asked for, all in one transaction; returns the statements that
     release them.
 
@@ -104,7 +94,7 @@ async def take_planning_locks(world: World, plan: ExecutionPlan) -> list[Stmt] |
     return None
 
 
-async def acquire_planning_locks(world: World, plan: ExecutionPlan) -> bool:
+async def acquire_planning_locks(world: LockingWorld, plan: ExecutionPlan) -> bool:
     """:func:`take_planning_locks` for a plan not stored yet: on a conflict the plan is stored
     ``stopped`` and False is returned."""
     if await take_planning_locks(world, plan) is not None:
@@ -130,7 +120,7 @@ async def is_inhibited(store: Store, plan_id: str) -> bool:
     return bool(await store.find_records(cls=INHIBITION_LOCK, record_id=owner))
 
 
-async def clean_orphaned_locks(world: World) -> int:
+async def clean_orphaned_locks(world: LockingWorld) -> int:
     """Release singleton and inhibition locks nobody needs any more; returns how many."""
     store = world.store
     records = [

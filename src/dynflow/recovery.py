@@ -11,21 +11,51 @@ re-runs with no event like the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import delayed, locks
+from .coordinator import (
+    EXECUTION_LOCK,
+    PLANNING_LOCK,
+    SINGLETON_LOCK,
+    WORLD_OWNED_LOCKS,
+    WORLD_RECORD,
+    plan_owner,
+)
 from .errors import DynflowError, PlanUnreadable
-from .executor import EXECUTION_LOCK
 from .step import FinalizeStep, RunStep, plain_error
 
 if TYPE_CHECKING:
-    from .world import World
+    from .execution_plan import ExecutionPlan
+    from .persistence.store import Store
 
 log = logging.getLogger("dynflow.recovery")
+
+
+class RecoverySettings(Protocol):
+    """How long a silent world is taken for alive (``WorldConfig`` is one)."""
+
+    @property
+    def world_timeout(self) -> float: ...
+
+
+class RecoveringWorld(Protocol):
+    """What recovery uses of the world that recovers (``dynflow.world.World`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> RecoverySettings: ...
+    def is_running(self, plan_id: str) -> bool: ...
+    async def run_hooks(self, plan: ExecutionPlan, state: str) -> None: ...
+    async def execute(self, plan_id: str) -> asyncio.Future[ExecutionPlan]: ...
 
 
 def _pid_alive(pid: int) -> bool:
@@ -38,7 +68,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_dead(world: World, record: dict[str, Any]) -> bool:
+def is_dead(world: RecoveringWorld, record: dict[str, Any]) -> bool:
     data = record.get("data") or {}
     meta = data.get("meta") or {}
     if meta.get("hostname") == socket.gethostname():
@@ -51,9 +81,7 @@ def is_dead(world: World, record: dict[str, Any]) -> bool:
     return time.time() - last_seen > world.config.world_timeout
 
 
-async def invalidate_dead_worlds(world: World) -> int:
-    from .world import WORLD_RECORD
-
+async def invalidate_dead_worlds(world: RecoveringWorld) -> int:
     store = world.store
     count = 0
     for record in await store.find_records(cls=WORLD_RECORD):
@@ -73,17 +101,17 @@ async def invalidate_dead_worlds(world: World) -> int:
     return count
 
 
-async def _release_locks_of_dead_worlds(world: World, live: set[str]) -> None:
+async def _release_locks_of_dead_worlds(world: RecoveringWorld, live: set[str]) -> None:
     """Release what worlds without a record held for themselves (as Dynflow's lock validity
     check): a delayed plan one left ``planning`` is scheduled again, its delayed-executor and
     cleaner locks are freed (a stale cleaner lock stopped every world from cleaning)."""
     store = world.store
-    for cls in locks.WORLD_OWNED_LOCKS:
+    for cls in WORLD_OWNED_LOCKS:
         for record in await store.find_records(cls=cls):
             owner = record["owner_id"]
             if owner in live:
                 continue
-            if cls == locks.PLANNING_LOCK:
+            if cls == PLANNING_LOCK:
                 plan_id = (record.get("data") or {}).get("execution_plan_id")
                 if isinstance(plan_id, str) and await delayed.repair(world, plan_id, owner):
                     continue
@@ -93,7 +121,7 @@ async def _release_locks_of_dead_worlds(world: World, live: set[str]) -> None:
             )
 
 
-async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None:
+async def recover_plan(world: RecoveringWorld, plan_id: str, lock: dict[str, Any]) -> None:
     store = world.store
     release = store.release_lock_stmt(EXECUTION_LOCK, lock["id"], lock["owner_id"])
     try:
@@ -104,8 +132,7 @@ async def recover_plan(world: World, plan_id: str, lock: dict[str, Any]) -> None
         await store.write(plan_id, [release])
         return
     if plan is None:  # its planning died before it was stored: its singletons are free too
-        owner = locks.plan_owner(plan_id)
-        singletons = store.release_locks_of_owner_stmt(locks.SINGLETON_LOCK, owner)
+        singletons = store.release_locks_of_owner_stmt(SINGLETON_LOCK, plan_owner(plan_id))
         await store.write(plan_id, [release, singletons])
         return
     stmts = []
@@ -172,7 +199,7 @@ def _reruns(plan: Any, step: RunStep) -> bool:
     return action is not None and bool(type(action).rerun_on_recovery)
 
 
-async def auto_execute(world: World) -> int:
+async def auto_execute(world: RecoveringWorld) -> int:
     """Execute every planned or paused plan without errors that nobody executes."""
     store = world.store
     locked = {

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from .action import Action
+from .coordinator import SINGLETON_LOCK, plan_owner, singleton_lock_id
 from .errors import ActionFailed
 from .execution_plan import LockRequest
-from .locks import SINGLETON_LOCK, lock_data, plan_owner
+from .locks import lock_data
 from .middleware import Middleware, MiddlewareRules
 
 
@@ -45,7 +46,7 @@ class Singleton(Action, abstract=True):
 
     @classmethod
     def singleton_lock_id(cls) -> str:
-        return f"singleton-action:{cls.name()}"
+        return singleton_lock_id(cls.name())
 
     def _singleton_message(self) -> str:
         return f"Action {self.name()} is already active"

@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 try:
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import choose_encoder
 except ImportError:  # pragma: no cover - prometheus_client is a dependency, but optional here
     prometheus_client = None  # type: ignore[assignment]
-
-if TYPE_CHECKING:
-    from .execution_plan import ExecutionPlan
 
 BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200,
@@ -51,6 +49,24 @@ ASYNC_WORKER = "event-loop"
 _enabled = True
 _lock = threading.Lock()
 _metrics: _Metrics | None = None
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class PlanStats(Protocol):
+    """What an execution plan tells when it changes state (``ExecutionPlan`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def result(self) -> str: ...
+    @property
+    def world(self) -> _HasId | None: ...
 
 
 class QueueStats(Protocol):
@@ -167,8 +183,6 @@ def exposition(accept: str | None = None) -> tuple[bytes, str]:
     """``(body, content type)`` of every metric; OpenMetrics if ``accept`` asks for it."""
     if prometheus_client is None:
         return b"# prometheus_client is not installed\n", "text/plain; charset=utf-8"
-    from prometheus_client.exposition import choose_encoder
-
     metrics = _get()
     encoder, content_type = choose_encoder(accept or "")
     if metrics is None:
@@ -191,7 +205,8 @@ def untrack_queue(queue: QueueStats) -> None:
         metrics.queues.queues.pop((queue.name, queue.world_id), None)
 
 
-def plan_state_changed(plan: ExecutionPlan, old: str, new: str) -> None:
+def plan_state_changed(plan: PlanStats, old: str, new: str) -> None:
+    """A plan moved from ``old`` to ``new`` (``ExecutionPlan.set_state``)."""
     if old == "pending" and new == "planning":
         return  # nothing counted changes (the most frequent transition)
     metrics = _get()

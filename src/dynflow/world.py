@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import delayed, halt, locks, recovery
-from .action import Action, referenced_steps
+from .action import Action, referenced_steps, registered, registry_generation
 from .cleaner import Cleaner
-from .delayed import DelayOptions, Scheduled
+from .coordinator import EXECUTION_LOCK, WORLD_RECORD, execution_lock_id, world_owner
+from .delayed import Scheduled
 from .delayed_executor import DelayedExecutor
 from .errors import EventRejected, ExecutionRejected, PlanNotFound
 from .execution_plan import ExecutionPlan
-from .executor import EXECUTION_LOCK, Executor
-from .locks import WORLD_RECORD
+from .executor import Executor
 from .middleware import (
     Middleware,
     MiddlewareRules,
@@ -39,6 +39,7 @@ from .middleware import (
 from .persistence.health import StoreFailure, StoreUnavailable, impatient, store_failure_cause
 from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
+from .serializers import DelayOptions
 
 log = logging.getLogger("dynflow")
 DEFAULT_DB_URL = "sqlite+aiosqlite:///var/dynflow.db"
@@ -141,7 +142,7 @@ class World:
             f"world:{self.id}",
             [
                 self.store.acquire_lock_stmt(
-                    WORLD_RECORD, self.id, f"world:{self.id}", self._record()
+                    WORLD_RECORD, self.id, world_owner(self.id), self._record()
                 )
             ],
         )
@@ -280,8 +281,6 @@ class World:
 
     def subscribed_actions(self, action_class: type[Action]) -> list[type[Action]]:
         """The registered action classes subscribed to ``action_class`` (spec §1.1, §1.3)."""
-        from .action import registered, registry_generation
-
         current = registry_generation()
         if self._subscriptions is None or self._subscriptions[0] != current:
             index: dict[type[Action], list[type[Action]]] = {}
@@ -439,11 +438,10 @@ class World:
         previous = plan.state
         plan.set_state("running", world_id=self.id)
         stmts = self.store.insert_plan_stmts(plan) if insert else []
-        lock_id = f"execution-plan:{plan.id}"
         stmts.append(
             self.store.acquire_lock_stmt(
                 EXECUTION_LOCK,
-                lock_id,
+                execution_lock_id(plan.id),
                 self.id,
                 {"world_id": self.id, "execution_plan_id": plan.id},
             )

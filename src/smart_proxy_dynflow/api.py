@@ -49,7 +49,7 @@ from smart_proxy.server import is_https
 
 from .console import Console, ConsoleAccess
 from .core import Core
-from .launcher import DuplicateTask, LaunchInputError
+from .launcher import DuplicateTask, Launcher, LaunchInputError
 from .openapi import openapi_document
 from .registry import UnknownAction, UnknownOperation
 from .runner_action import FINISHED_STATES, RunnerAction, external_event
@@ -183,8 +183,6 @@ class TaskApi:
 
     def callback_host(self, request: Request, input: Any) -> str:
         """``action_input.proxy_url`` if Foreman sent it, else this request's scheme and host."""
-        from .launcher import Launcher
-
         url = Launcher.proxy_url(input)
         if url:
             return url

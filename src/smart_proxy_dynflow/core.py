@@ -5,59 +5,39 @@ one-time passwords and the client that calls Foreman back. The standalone servic
 (``smart-proxy-dynflow-core``) and the Smart Proxy's dynflow plugin each build one; the HTTP
 layer (:mod:`smart_proxy_dynflow.api`) only talks to it through its public methods.
 
-Actions reach their core with :func:`core_of` (by world), since the engine creates them.
+The core is the composition root of the plugin: nothing below it imports it. Its world is a
+:class:`~.context.CoreWorld` carrying it, through which the actions the engine creates reach
+it as a :class:`~.context.CoreContext` (:func:`~.context.context_of`).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from dynflow import World
 from dynflow.errors import EventRejected
 
-from .callback import ForemanClient
+from .context import CoreConfig, CoreWorld, Extensions
 from .dispatcher import Dispatcher
+from .foreman import ForemanClient
+from .launcher import SingleLauncher
 from .otp import OtpManager
 from .registry import ActionRegistry, LauncherRegistry
 from .request_id import RequestIdMiddleware
 from .runner import SuspendedAction, Update
+from .secret_box import SecretBox
 
 log = logging.getLogger("smart_proxy_dynflow")
 
-_cores: weakref.WeakValueDictionary[str, Core] = weakref.WeakValueDictionary()
+__all__ = ["Core", "CoreConfig", "Service"]
 
 
-def core_of(world: Any) -> Core:
-    """The core that owns ``world`` (raises if the world does not belong to a core)."""
-    try:
-        return _cores[world.id]
-    except (KeyError, AttributeError):
-        raise RuntimeError("this world is not run by a smart_proxy_dynflow core") from None
+class Service(Protocol):
+    """Background work a plugin gives the core (:attr:`Core.services`)."""
 
+    async def start(self) -> None: ...
 
-@dataclass
-class CoreConfig:
-    """What the core needs, whatever settings file it came from."""
-
-    db_url: str = "sqlite+aiosqlite:///var/dynflow.sqlite"
-    pool_size: int = 5
-    execution_plan_cleaner_age: float = 1800.0
-    cleaner_interval: float | None = None
-    runner_refresh_interval: float = 1.0
-    foreman_url: str = "https://127.0.0.1:3000"
-    foreman_ssl_ca: str | None = None
-    foreman_ssl_cert: str | None = None
-    foreman_ssl_key: str | None = None
-    callback_retry_interval: float = 2.0
-    callback_retry_max_interval: float = 300.0
-    callback_retry_window: float = 600.0
-    """Seconds from the first attempt during which a callback that could not be delivered
-    (Foreman unreachable, 5xx, 408, 429) is retried; then the plan pauses and Foreman's status
-    poll (every 600 s) closes the job from its result."""
-    world_options: dict[str, Any] = field(default_factory=dict)
+    async def stop(self) -> None: ...
 
 
 class Core:
@@ -72,16 +52,17 @@ class Core:
         self.actions = actions or ActionRegistry()
         self.launchers = launchers or LauncherRegistry()
         if "single" not in self.launchers:
-            from .launcher import SingleLauncher  # launchers build on the core
-
             self.launchers.register("single", SingleLauncher)
         self.otp = OtpManager()
-        # State plugins keep for their actions (e.g. the SSH plugin's settings and host keys).
-        self.extensions: dict[str, Any] = {}
+        # State plugins keep for their actions (e.g. the SSH plugin's settings and host keys),
+        # one object per class.
+        self.extensions = Extensions()
+        # Seals the passwords of the inputs before they are stored (given by the SSH plugin).
+        self.secret_box: SecretBox | None = None
         # Background work of plugins (e.g. the SSH plugin's pull jobs and MQTT dispatcher):
         # objects with ``async start()`` (after the world started, so recovery has run) and
         # ``async stop()`` (after the world stopped), in order and in reverse order.
-        self.services: list[Any] = []
+        self.services: list[Service] = []
         self.foreman = ForemanClient(
             self.config.foreman_url,
             cafile=self.config.foreman_ssl_ca,
@@ -97,7 +78,7 @@ class Core:
             "middleware": [RequestIdMiddleware()],
             **self.config.world_options,
         }
-        self.world = World(self.config.db_url, **options)
+        self.world = CoreWorld(self, self.config.db_url, **options)
         self.dispatcher = Dispatcher(
             self._deliver, refresh_interval=self.config.runner_refresh_interval
         )
@@ -105,8 +86,6 @@ class Core:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        # Registered before the world starts: recovery may re-run runner actions at once.
-        _cores[self.world.id] = self
         await self.world.start()
         self._started = True
         for service in self.services:

@@ -24,19 +24,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from dynflow import Action
 from dynflow.action import ABORT, CANCEL, SKIP
 
 from .callback import BatchCallbackAction
+from .context import CoreContext, context_of
 from .parent_runner import ParentRunner
 from .runner import Runner
 from .runner_action import RunnerAction
-from .secret_box import box_of, erase_secrets, has_secrets, seal_secrets
-
-if TYPE_CHECKING:
-    from .core import Core
+from .secret_box import erase_secrets, has_secrets, seal_secrets
 
 log = logging.getLogger("smart_proxy_dynflow.launcher")
 
@@ -69,11 +67,14 @@ def _check_uuid(key: str) -> None:
 
 
 class Launcher:
-    """Base: made with the core, the callback host and the request's ``options``."""
+    """Base: made with the core, the callback host and the request's ``options``.
+
+    ``core`` is the :class:`~.context.CoreContext` of the core (the API passes its ``Core``,
+    the parent actions the context their world carries)."""
 
     def __init__(
         self,
-        core: Core,
+        core: CoreContext,
         callback_host: str | None,
         options: dict[str, Any] | None = None,
         operation: str | None = None,
@@ -92,7 +93,7 @@ class Launcher:
         }
 
     @classmethod
-    def from_hash(cls, core: Core, data: dict[str, Any]) -> Launcher:
+    def from_hash(cls, core: CoreContext, data: dict[str, Any]) -> Launcher:
         launcher_class = core.launchers.fetch(data["operation"])
         return launcher_class(
             core, data.get("callback_host"), data.get("options"), operation=data["operation"]
@@ -124,7 +125,7 @@ class Launcher:
 
     def seal(self, value: Any) -> Any:
         """``value`` with its ``secrets`` sealed with the core's secret box (if it has one)."""
-        return seal_secrets(value, box_of(self.core))
+        return seal_secrets(value, self.core.secret_box)
 
     async def trigger_single(
         self, input: dict[str, Any], *, id: str | None = None, parent: Action | None = None
@@ -245,9 +246,7 @@ class BatchAction(Action):
     async def run(self, event: Any = None) -> None:
         if event == SKIP:
             return  # skipped: the children not planned yet are not planned
-        from .core import core_of
-
-        launcher = Launcher.from_hash(core_of(self.world), self.input["launcher"])
+        launcher = Launcher.from_hash(context_of(self.world), self.input["launcher"])
         assert isinstance(launcher, BatchLauncher)
         self.output.update(await launcher.spawn_children(self, self.input["input_hash"]))
         # Every child has its own copy now (stored with this step's save).
@@ -317,9 +316,7 @@ class BatchRunnerAction(RunnerAction):
             )
 
     def initiate_runner(self) -> Runner:
-        from .core import core_of
-
-        launcher_class = core_of(self.world).launchers.fetch(self.input["operation"])
+        launcher_class = context_of(self.world).launchers.fetch(self.input["operation"])
         runner_class: type[ParentRunner] = launcher_class.runner_class  # type: ignore[attr-defined]
         return runner_class(
             self.input["targets"],
@@ -347,9 +344,7 @@ class SingleRunnerBatchAction(Action):
     async def run(self, event: Any = None) -> None:
         if event == SKIP:
             return  # skipped: the children not planned yet are not planned
-        from .core import core_of
-
-        core = core_of(self.world)
+        core = context_of(self.world)
         world = core.world
         keys = list(self.input["input_hash"])
         if event is None and "runner_id" not in self.output:

@@ -45,7 +45,8 @@ from dynflow import Action
 from dynflow.action import ABORT, CANCEL, POLL, SKIP
 from dynflow.user_calls import call_user
 
-from .core import core_of
+from .callback import CallbackAction
+from .context import context_of
 from .runner import Runner, SuspendedAction, Update
 from .secret_box import erase_secrets, has_secrets
 
@@ -82,8 +83,6 @@ class RunnerAction(Action, abstract=True):
         data.setdefault("task_id", str(uuid.uuid4()))
         self.plan_self(data)
         if isinstance(callback, dict):
-            from .callback import CallbackAction
-
             self.plan_action(CallbackAction, callback=callback, data=self.output)
 
     def initiate_runner(self) -> Runner | Awaitable[Runner]:
@@ -123,11 +122,11 @@ class RunnerAction(Action, abstract=True):
         except Exception as exc:  # any failure becomes the runner's outcome
             log.exception("%s: error handling event %s", self, _describe(event))
             if self.runner_id:
-                core_of(self.world).dispatcher.kill(self.runner_id)
+                context_of(self.world).dispatcher.kill(self.runner_id)
             await self.process_update(Update.encode_exception("Proxy error", exc, fatal=True))
 
     async def process_event(self, event: Any) -> None:
-        core = core_of(self.world)
+        dispatcher = context_of(self.world).dispatcher
         if event is None:
             if "runner_id" not in self.output:
                 await self.start_runner(await call_user(self, self.initiate_runner), resume=False)
@@ -141,13 +140,13 @@ class RunnerAction(Action, abstract=True):
         data = external_event_data(event)
         if data is not None:
             if self.runner_id:
-                core.dispatcher.external_event(self.runner_id, data)
+                dispatcher.external_event(self.runner_id, data)
         elif event in (CANCEL, ABORT):
             if self.runner_id:
-                core.dispatcher.kill(self.runner_id)
+                dispatcher.kill(self.runner_id)
         elif event == POLL:
             if self.runner_id:
-                core.dispatcher.refresh_output(self.runner_id)
+                dispatcher.refresh_output(self.runner_id)
         else:
             raise ValueError(f"Unexpected event {_describe(event)}")
         self.suspend()
@@ -158,7 +157,7 @@ class RunnerAction(Action, abstract=True):
         else:
             self.output["result"] = []
             self.output["runner_id"] = runner.id
-        core_of(self.world).dispatcher.start(self.suspended_action, runner, resume=resume)
+        context_of(self.world).dispatcher.start(self.suspended_action, runner, resume=resume)
         self.suspend()
 
     async def recover(self) -> None:

@@ -24,7 +24,7 @@ to a temporary file, then linked into place: concurrent starts agree on one key,
 written key is never seen) and reused after restarts. A key file readable by group or others,
 or that does not hold a key, stops the plugin with a message saying what to fix. Losing the key
 file loses only the passwords of jobs that are still running (they end with an error saying
-so). The box of a core is ``core.extensions[EXTENSION]`` (registered by the SSH plugin).
+so). The box of a core is ``core.secret_box`` (given by the SSH plugin when it registers).
 
 Redaction (the status API, the console, logs) hides the whole ``secrets`` mapping, sealed or not.
 """
@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 log = logging.getLogger("smart_proxy_dynflow.secrets")
 
-EXTENSION = "secret_box"
 SECRETS_KEY = "secrets"
 PREFIX = "sealed:v1:"
 KEY_FILE_NAME = "secrets.key"
@@ -226,16 +225,3 @@ def _map_secrets(value: Any, change: Any) -> Any:
     if isinstance(value, list):
         return [_map_secrets(item, change) for item in value]
     return value
-
-
-def box_of(core: Any) -> SecretBox | None:
-    """The secret box registered in a core (None: no plugin asked for one)."""
-    extensions = getattr(core, "extensions", None)
-    return extensions.get(EXTENSION) if isinstance(extensions, Mapping) else None
-
-
-def register_box(core: Any, key_file: str | os.PathLike[str]) -> SecretBox:
-    """Load (or create) the key file and make its box the core's; raises SecretsError."""
-    box = SecretBox.from_key_file(key_file)
-    core.extensions[EXTENSION] = box
-    return box

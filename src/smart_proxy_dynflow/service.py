@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner: Any = asyncio.run
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 - an optional dependency, used when installed
 
             runner = uvloop.run
         except ImportError:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from dynflow.persistence.store import prepare_sqlite_file
 from smart_proxy.log import DEFAULT_FILE_PATTERN, DEFAULT_SYSTEM_PATTERN, rolling_age_setting
 from smart_proxy.server import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 
@@ -266,8 +267,6 @@ class CoreSettings(BaseModel):
         (:func:`dynflow.persistence.store.prepare_sqlite_file`; the store does it too)."""
         path = self.database_path
         if path is not None:
-            from dynflow.persistence.store import prepare_sqlite_file
-
             prepare_sqlite_file(path)
 
     def foreman_ca(self) -> str | None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynflow import Action
-from smart_proxy_dynflow.core import core_of
+from dynflow import Action, World
+from smart_proxy_dynflow.context import context_of
 from smart_proxy_dynflow.runner import Runner
 from smart_proxy_dynflow.runner_action import RunnerAction
-from smart_proxy_dynflow.secret_box import box_of, seal_secrets
+from smart_proxy_dynflow.secret_box import SecretBox, seal_secrets
 
 from .fake_runner import FakeRunner, simulate
-from .pull import EXTENSION, PullScriptAction, plugin_mode
+from .pull import PullScriptAction, plugin_mode
 from .settings import PULL_MODES
+from .state import require_state
 
 RUN_SCRIPT_NAMES = (
     "Proxy::RemoteExecution::Ssh::Actions::RunScript",
@@ -62,9 +63,11 @@ class ScriptRunnerAction(RunnerAction):
                     if r.get("output_type") == "stdout"
                 ),
             )
-        from .script_runner import ScriptRunner
+        # asyncssh is not loaded with the plugin: a Smart Proxy relaying to an external core
+        # imports this module but never runs a job.
+        from .script_runner import ScriptRunner  # noqa: PLC0415 - defers asyncssh
 
-        state = core_of(self.world).extensions[EXTENSION]
+        state = require_state(self.world)
         published = sum(
             len(r.get("output") or "")
             for c in chunks
@@ -75,6 +78,7 @@ class ScriptRunnerAction(RunnerAction):
             state.options(self.input),
             known_hosts=state.known_hosts,
             start_slots=state.start_slots(),
+            handshakes=state.handshake_slots(),
             suspended_action=self.suspended_action,
             id=runner_id,
             published_chars=published,
@@ -96,8 +100,8 @@ class RunScript(Action):
         self.plan_action(concrete, seal_secrets({**(input or {}), **values}, _box(self.world)))
 
 
-def _box(world: Any) -> Any:
+def _box(world: World | None) -> SecretBox | None:
     try:
-        return box_of(core_of(world))
+        return context_of(world).secret_box
     except RuntimeError:  # planned by a bare world (engine tests): nothing to seal with
         return None

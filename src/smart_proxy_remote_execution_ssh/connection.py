@@ -20,6 +20,7 @@ The identity key is read once per process for each (path, modification time, pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -37,11 +38,6 @@ logger = logging.getLogger("smart_proxy_remote_execution_ssh.connection")
 
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT_MAX = 3
-
-MAX_CONCURRENT_HANDSHAKES = 512
-"""How many connection attempts (TCP connect, key exchange, authentication) may be under way at
-once; a bound on sockets and memory when thousands of jobs start together. Large, because an
-attempt to a dead host holds its slot until its timeout."""
 
 
 class ConnectError(Exception):
@@ -271,17 +267,9 @@ def base_options(known_hosts: KnownHosts, kerberos: bool) -> asyncssh.SSHClientC
     return options
 
 
-_handshakes: asyncio.Semaphore | None = None
-_handshakes_loop: asyncio.AbstractEventLoop | None = None
-
-
-def _handshake_slots() -> asyncio.Semaphore:
-    global _handshakes, _handshakes_loop
-    loop = asyncio.get_running_loop()
-    if _handshakes is None or _handshakes_loop is not loop:
-        _handshakes = asyncio.Semaphore(MAX_CONCURRENT_HANDSHAKES)
-        _handshakes_loop = loop
-    return _handshakes
+def _bounded(slots: asyncio.Semaphore | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """One of ``slots`` while in the block (no bound without)."""
+    return slots if slots is not None else contextlib.nullcontext()
 
 
 class StartSlot:
@@ -360,11 +348,15 @@ async def connect(
     logger: logging.Logger | logging.LoggerAdapter[Any] = logger,
     sleep: Callable[[float], Any] = asyncio.sleep,
     slot: StartSlot | None = None,
+    handshakes: asyncio.Semaphore | None = None,
 ) -> asyncssh.SSHClientConnection:
     """Connect and authenticate to ``options.hostname`` (see the module doc).
 
     With ``slot``, the SSH handshake waits for it once the TCP connection is up; it is still
-    held when the connection is returned.
+    held when the connection is returned. With ``handshakes`` (the jobs of a core share one:
+    :meth:`~.state.RexState.handshake_slots`), the TCP connect and then the SSH handshake each
+    hold one of its slots; without, the attempt is not bounded (a lone connection: the web
+    console's session).
     """
     plan = await _plan_auth(options)
     if not plan.methods:
@@ -406,11 +398,11 @@ async def connect(
             kwargs.update(known_hosts.connect_options(host, port))
         sock: socket.socket | None = None
         try:
-            async with _handshake_slots():
+            async with _bounded(handshakes):
                 sock = await asyncio.wait_for(_open_socket(host, port), options.connect_timeout)
             if slot is not None:
                 await slot.take()
-            async with _handshake_slots():
+            async with _bounded(handshakes):
                 handshake = asyncssh.connect(host, port, sock=sock, options=base, **kwargs)
                 sock = None  # asyncssh owns it now
                 return await asyncio.wait_for(handshake, options.connect_timeout)

@@ -162,7 +162,9 @@ class ScriptOptions:
         if host_public_key is not None:
             host_public_key = host_public_key.strip()
             try:
-                import asyncssh
+                # Not at the top: this module is loaded with the plugin, also by a Smart Proxy
+                # relaying to an external core, which never needs asyncssh.
+                import asyncssh  # noqa: PLC0415 - defers asyncssh to a pinned host key
 
                 asyncssh.import_public_key(host_public_key)
             except (asyncssh.KeyImportError, ValueError):

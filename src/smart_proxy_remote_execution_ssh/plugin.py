@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -30,13 +29,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from smart_proxy.plugin import Plugin
+from smart_proxy_dynflow.context import CoreConfig
+from smart_proxy_dynflow.core import Core
 from smart_proxy_dynflow.launcher import BatchLauncher
-from smart_proxy_dynflow.secret_box import SecretBox, key_file_beside, register_box
+from smart_proxy_dynflow.secret_box import SecretBox, key_file_beside
 
 from . import settings as rex_settings
-from .actions import EXTENSION, RunScript
+from .actions import RunScript
 from .pull import PullScriptAction
 from .pull_api import PullApi
+from .state import RexState
 
 if TYPE_CHECKING:
     from .known_hosts import KnownHosts
@@ -47,74 +49,6 @@ try:
     VERSION = package_version("smart-proxy-dynflow")
 except PackageNotFoundError:  # pragma: no cover
     VERSION = "0.0.0"
-
-
-class RexState:
-    """What the actions of one core need: settings, the shared host-key store, and in pull
-    modes the job index and the MQTT dispatcher. A service of the core: :meth:`start` (after
-    the world started) rebuilds the job index and starts the dispatcher, :meth:`stop` stops
-    it."""
-
-    def __init__(
-        self,
-        settings: dict[str, Any],
-        *,
-        world: Any = None,
-        tls_files: rex_settings.TlsFiles | None = None,
-    ) -> None:
-        from .jobs import JobIndex
-        from .known_hosts import KnownHosts
-        from .mqtt import MqttConfig, MqttDispatcher
-
-        self.settings = settings
-        self.world = world
-        self.known_hosts = KnownHosts.from_settings(settings)
-        self.max_starting_jobs = int(settings.get("max_starting_jobs") or 64)
-        self._starts: asyncio.Semaphore | None = None
-        self._starts_loop: asyncio.AbstractEventLoop | None = None
-        self.jobs = JobIndex()
-        # Opens the sealed passwords of a job's input (smart_proxy_dynflow.secret_box).
-        self.box: Any = None
-        self.mqtt: MqttDispatcher | None = None
-        if settings.get("mode") == "pull-mqtt":
-            config = MqttConfig.from_settings(settings, tls_files or rex_settings.TlsFiles())
-            self.mqtt = MqttDispatcher(config)
-
-    @property
-    def pull(self) -> bool:
-        return self.settings.get("mode") in rex_settings.PULL_MODES
-
-    async def start(self) -> None:
-        if self.world is not None and self.pull:
-            labels = (RunScript.name(), PullScriptAction.name())
-            added = await self.jobs.rebuild(self.world, labels, PullScriptAction)
-            if added:
-                log.info("%d pull job(s) are waiting for their hosts again", added)
-        if self.mqtt is not None:
-            self.mqtt.start()
-
-    async def stop(self) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.stop()
-
-    def start_slots(self) -> asyncio.Semaphore:
-        """Bounds the jobs that are connecting and launching at the same time.
-
-        A batch of thousands of hosts does not open thousands of key exchanges at once: the
-        jobs start ``max_starting_jobs`` at a time, and a job gives its slot back as soon as
-        its script runs, so long scripts never hold one. Contending handshakes make every
-        start slower; the first results arrive sooner and the batch ends sooner this way.
-        """
-        loop = asyncio.get_running_loop()
-        if self._starts is None or self._starts_loop is not loop:
-            self._starts = asyncio.Semaphore(self.max_starting_jobs)
-            self._starts_loop = loop
-        return self._starts
-
-    def options(self, input: dict[str, Any]) -> Any:
-        from .options import ScriptOptions
-
-        return ScriptOptions.from_input(input, self.settings, box=self.box)
 
 
 _SSH_LOG_LEVELS = {
@@ -131,40 +65,45 @@ def apply_ssh_log_level(level: str) -> None:
     logging.getLogger("asyncssh").setLevel(_SSH_LOG_LEVELS.get(level, logging.ERROR))
 
 
-def core_tls_files(core: Any) -> rex_settings.TlsFiles:
+def core_tls_files(config: CoreConfig) -> rex_settings.TlsFiles:
     """The TLS files of a core (its Foreman client certificate and CA, already falling back
     to the ``ssl_*`` files), presented to the MQTT broker."""
-    config = getattr(core, "config", None)
     return rex_settings.TlsFiles(
-        getattr(config, "foreman_ssl_ca", None),
-        getattr(config, "foreman_ssl_cert", None),
-        getattr(config, "foreman_ssl_key", None),
+        config.foreman_ssl_ca, config.foreman_ssl_cert, config.foreman_ssl_key
     )
 
 
-def register(core: Any, settings: dict[str, Any]) -> None:
+def register(core: Core, settings: dict[str, Any]) -> RexState:
     """Give ``core`` the ``ssh`` operation, RunScript and PullScript (raises on invalid
-    settings); the plugin's state becomes a service of the core (it works in pull modes)."""
-    tls_files = core_tls_files(core)
+    settings); the plugin's state becomes an extension and a service of the core (it works in
+    pull modes), and the key sealing the jobs' passwords at rest (beside the proxy's SSH key)
+    its secret box."""
+    tls_files = core_tls_files(core.config)
     values = rex_settings.check(settings, tls_files=tls_files)
     apply_ssh_log_level(values["ssh_log_level"])
-    state = RexState(values, world=getattr(core, "world", None), tls_files=tls_files)
-    # The key sealing the jobs' passwords at rest, beside the proxy's SSH key.
-    state.box = register_box(core, key_file_beside(values["ssh_identity_key_file"]))
-    core.extensions[EXTENSION] = state
-    services = getattr(core, "services", None)
-    if services is not None:
-        services.append(state)
+    box = SecretBox.from_key_file(key_file_beside(values["ssh_identity_key_file"]))
+    state = RexState(
+        values,
+        core.world,
+        tls_files=tls_files,
+        box=box,
+        pull_labels=(RunScript.name(), PullScriptAction.name()),
+        pull_action=PullScriptAction,
+    )
+    core.secret_box = box
+    core.extensions.register(RexState, state)
+    core.services.append(state)
     core.actions.register(RunScript)
     core.actions.register(PullScriptAction)
     core.launchers.register("ssh", BatchLauncher)
+    return state
 
 
 class RexCorePlugin:
     name = "script"
     settings_names = rex_settings.SETTINGS_NAMES
 
-    def register(self, core: Any, settings: dict[str, Any]) -> None:
+    def register(self, core: Core, settings: dict[str, Any]) -> None:
         register(core, settings)
 
 
@@ -212,12 +151,18 @@ class ScriptPlugin(Plugin):
         pair = proxy.foreman_client_cert()
         return rex_settings.TlsFiles(proxy.foreman_ca(), *(pair or (None, None)))
 
-    def pull_state(self) -> Any:
-        """The in-process core's ``RexState`` the pull endpoints work on, or the answer
-        explaining why there is none."""
+    def in_process_core(self) -> Core | None:
+        """The Smart Proxy's in-process dynflow core (None: external, or not running)."""
         dynflow = self.host.plugin("dynflow")
         core = getattr(dynflow, "core", None) if dynflow is not None else None
+        return core if isinstance(core, Core) else None
+
+    def pull_state(self) -> RexState | Response:
+        """The in-process core's ``RexState`` the pull endpoints work on, or the answer
+        explaining why there is none."""
+        core = self.in_process_core()
         if core is None:
+            dynflow = self.host.plugin("dynflow")
             if dynflow is not None and getattr(dynflow, "relay", None) is not None:
                 return JSONResponse(
                     {
@@ -228,7 +173,7 @@ class ScriptPlugin(Plugin):
                     status_code=501,
                 )
             return JSONResponse({"error": "the dynflow plugin is not running"}, status_code=503)
-        state = core.extensions.get(EXTENSION)
+        state = core.extensions.get(RexState)
         if state is None:
             return JSONResponse(
                 {"error": "the script plugin is not registered in the dynflow core (see /logs)"},
@@ -242,13 +187,13 @@ class ScriptPlugin(Plugin):
 
     def known_hosts(self) -> KnownHosts:
         """The host keys of the in-process core (shared with its jobs), else the plugin's own."""
-        dynflow = self.host.plugin("dynflow")
-        core = getattr(dynflow, "core", None) if dynflow is not None else None
-        state = core.extensions.get(EXTENSION) if core is not None else None
+        core = self.in_process_core()
+        state = core.extensions.get(RexState) if core is not None else None
         if state is not None:
             return state.known_hosts
         if self._known_hosts is None:
-            from .known_hosts import KnownHosts
+            # Only with cockpit_integration, which loads asyncssh anyway (see asgi_app).
+            from .known_hosts import KnownHosts  # noqa: PLC0415 - defers asyncssh
 
             self._known_hosts = KnownHosts.from_settings(self.ssh_settings())
         return self._known_hosts
@@ -281,7 +226,8 @@ class ScriptPlugin(Plugin):
             *PullApi(self.pull_state).routes(),
         ]
         if self.settings.get("cockpit_integration"):
-            from .cockpit import CockpitSession
+            # asyncssh and the raw takeover are loaded only for the opt-in web console.
+            from .cockpit import CockpitSession  # noqa: PLC0415 - defers asyncssh (opt-in)
 
             session = CockpitSession(
                 self.host.authorizer.authorize_any, self.ssh_settings, self.known_hosts

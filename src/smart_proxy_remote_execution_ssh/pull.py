@@ -47,18 +47,18 @@ import time
 import uuid as uuidlib
 from typing import Any, ClassVar
 
+from dynflow import World
 from dynflow.action import ABORT, CANCEL, POLL, TIMEOUT
-from smart_proxy_dynflow.core import core_of
 from smart_proxy_dynflow.runner import EXCEPTION_STATUS, Update
 from smart_proxy_dynflow.runner_action import RunnerAction, external_event_data
 from smart_proxy_dynflow.secret_box import erase_secrets
 
 from .jobs import PullJob, host_identity
 from .mqtt import cancel_message, start_message, topic_for
+from .state import RexState, require_state, state_of
 
 log = logging.getLogger("smart_proxy_remote_execution_ssh.pull")
 
-EXTENSION = "script"
 PULL_SCRIPT_NAMES = ("Proxy::RemoteExecution::Ssh::Actions::PullScript",)
 JOB_DELIVERED = "Proxy::RemoteExecution::Ssh::Actions::PullScript::JobDelivered"
 PICKUP_TIMEOUT = "Proxy::RemoteExecution::Ssh::Actions::PullScript::PickupTimeout"
@@ -138,8 +138,8 @@ class PullScriptAction(RunnerAction):
             created=time.time() if created is None else created,
         )
 
-    def _rex(self) -> Any:
-        return core_of(self.world).extensions[EXTENSION]
+    def _rex(self) -> RexState:
+        return require_state(self.world)
 
     # ---- run ------------------------------------------------------------------------------------
     async def process_event(self, event: Any) -> None:
@@ -218,7 +218,7 @@ class PullScriptAction(RunnerAction):
         assert identity is not None
         return topic_for(identity)
 
-    def _announce(self, rex: Any) -> None:
+    def _announce(self, rex: RexState) -> None:
         if rex.mqtt is None:
             log.warning("%s: no MQTT dispatcher (mode is not pull-mqtt); not notifying", self)
             return
@@ -258,7 +258,7 @@ class PullScriptAction(RunnerAction):
             return
         try:
             rex = self._rex()
-        except (RuntimeError, KeyError):
+        except (RuntimeError, LookupError):  # a bare world, a core without the plugin
             return
         rex.jobs.forget(self.job_uuid)
         if rex.mqtt is not None:
@@ -278,11 +278,7 @@ def _debug(text: str) -> dict[str, Any]:
     return {"output_type": "debug", "output": text, "timestamp": time.time()}
 
 
-def plugin_mode(world: Any) -> str:
-    try:
-        state = core_of(world).extensions.get(EXTENSION)
-    except RuntimeError:
-        return "ssh"
-    if state is None:
-        return "ssh"
-    return str(state.settings.get("mode") or "ssh")
+def plugin_mode(world: World | None) -> str:
+    """The plugin's ``mode`` in the core running ``world`` (``ssh`` without the plugin)."""
+    state = state_of(world)
+    return state.mode if state is not None else "ssh"

@@ -38,7 +38,9 @@ from smart_proxy.server import client_certificate, is_https
 from smart_proxy_dynflow.api import store_unavailable
 from smart_proxy_dynflow.runner import Update
 
+from .jobs import PullJob
 from .pull import JOB_DELIVERED
+from .state import RexState
 
 log = logging.getLogger("smart_proxy_remote_execution_ssh.pull")
 
@@ -49,8 +51,9 @@ PLAIN_HTTP_MESSAGE = (
     "the host); plain HTTP is refused"
 )
 
-StateLocator = Callable[[], Any]
-"""Returns the core's ``RexState``, or a :class:`Response` saying why there is none."""
+StateLocator = Callable[[], RexState | Response]
+"""Returns the core's :class:`~.state.RexState`, or a :class:`Response` saying why there is
+none."""
 
 
 class PayloadError(ValueError):
@@ -183,7 +186,7 @@ class PullApi:
     def __init__(self, locate: StateLocator) -> None:
         self.locate = locate
 
-    async def _context(self, request: Request) -> tuple[str, Any] | Response:
+    async def _context(self, request: Request) -> tuple[str, RexState] | Response:
         cross_site = cross_site_denial(request)
         if cross_site is not None:
             log.warning("refused %s %s: %s", request.method, request.url.path, cross_site)
@@ -196,7 +199,7 @@ class PullApi:
             return state
         return host, state
 
-    async def _job(self, request: Request) -> tuple[Any, Any] | Response:
+    async def _job(self, request: Request) -> tuple[RexState, PullJob] | Response:
         context = await self._context(request)
         if isinstance(context, Response):
             return context

@@ -379,6 +379,7 @@ class ScriptRunner(Runner):
         *,
         known_hosts: KnownHosts,
         start_slots: asyncio.Semaphore | None = None,
+        handshakes: asyncio.Semaphore | None = None,
         suspended_action: SuspendedAction | None = None,
         id: str | None = None,
         published_chars: int = 0,
@@ -391,6 +392,8 @@ class ScriptRunner(Runner):
         """The proxy stored that this job started on the host (in an earlier run)."""
         self.known_hosts = known_hosts
         self.start_slots = start_slots or asyncio.Semaphore(1)
+        # Shared by the jobs of a core (RexState.handshake_slots); None: not bounded.
+        self.handshakes = handshakes
         self.published_chars = published_chars
         self.logger = logger or logging.getLogger("smart_proxy_remote_execution_ssh.runner")
         self.user_method: UserMethod = user_method(
@@ -606,7 +609,11 @@ class ScriptRunner(Runner):
     ) -> bool:
         try:
             self._conn = await connect(
-                self.options, self.known_hosts, logger=self.logger, slot=slot
+                self.options,
+                self.known_hosts,
+                logger=self.logger,
+                slot=slot,
+                handshakes=self.handshakes,
             )
         except HostUnreachable as exc:
             # An expected failure: one log line, no traceback; the job ends as in the original.

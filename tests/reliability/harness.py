@@ -678,6 +678,10 @@ class Tally:
     foreman: Foreman
     final_states: dict[str, dict[str, Any]]
     kill_instants: list[float] = field(default_factory=list)
+    restart_instants: list[float] = field(default_factory=list)
+    """When each restart began (after its kill): a callback Foreman handled before it was sent
+    by the killed process, maybe after ``kill_instants`` (Foreman, in this test's event loop,
+    handles a request some milliseconds after it arrived); defaults to the kill instants."""
     snapshots: list[Snapshot] = field(default_factory=list)
     host_runs: dict[str, int] | None = None  # key -> times the script ran (marker lines)
     expected_exit: int = 0
@@ -689,8 +693,11 @@ class Tally:
         by_key = {key: delivered.get(foreman_task(key), []) for key in self.acknowledged}
         in_flight: set[str] = set()
         window = 0.0
-        for instant, snap in zip(self.kill_instants, self.snapshots, strict=False):
-            received = self.foreman.received_before(instant)
+        restarts = self.restart_instants or self.kill_instants
+        for instant, restart, snap in zip(
+            self.kill_instants, restarts, self.snapshots, strict=False
+        ):
+            received = self.foreman.received_before(restart)
             flying = {
                 key
                 for key in self.acknowledged

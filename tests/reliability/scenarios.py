@@ -291,6 +291,7 @@ async def _crash(
         )
     )
     instants: list[float] = []
+    restarts: list[float] = []
     reached: list[str] = []
     snapshots: list[Snapshot] = []
     stop_seconds: list[float] = []
@@ -311,6 +312,7 @@ async def _crash(
             instants.append(time.time())
             stop_seconds.append(await service.terminate())
         snapshots.append(await harness.snapshot(database, keys, exit_seen))
+        restarts.append(time.time())
         await service.start()
         started = time.monotonic()
     await launching
@@ -335,6 +337,7 @@ async def _crash(
         foreman,
         final,
         kill_instants=instants,
+        restart_instants=restarts,
         snapshots=snapshots,
         host_runs=hosts.host_runs(),
         expected_stdout=hosts.expected_stdout,

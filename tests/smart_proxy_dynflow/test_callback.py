@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from smart_proxy_dynflow.callback import CallbackFailed, callback_url
+from smart_proxy_dynflow.foreman import CallbackFailed, callback_url
 from tests.support.services import FakeForeman, core_service, free_port, make_config, run_script
 from tests.support.waiting import wait_for, wait_plan_state
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from smart_proxy_dynflow.launcher import BatchLauncher, SingleLauncher
-from smart_proxy_dynflow.secret_box import EXTENSION, SecretBox, is_sealed
+from smart_proxy_dynflow.secret_box import SecretBox, is_sealed
 from tests.support.local_command import RUN_SCRIPT_NAMES, HelloWorld, register_test_actions
 from tests.support.services import core_service, make_config
 from tests.support.waiting import wait_for, wait_plan_state, wait_step_state
@@ -102,7 +102,7 @@ PASSWORD = "MARKER-launch-password-51c2"
 
 def register_with_box(core: Any) -> None:
     register_test_actions(core)
-    core.extensions[EXTENSION] = SecretBox.generate()
+    core.secret_box = SecretBox.generate()
 
 
 def secret_input(**values: Any) -> dict[str, Any]:
@@ -141,7 +141,7 @@ async def test_batch_launch_stores_secrets_sealed_until_the_runner_finished(
     release = tmp_path / "release"
     script = f"while [ ! -e {release} ]; do sleep 0.02; done; echo done"
     async with core_service(make_config(db_url, foreman.url), register=register_with_box) as svc:
-        box = svc.core.extensions[EXTENSION]
+        box = svc.core.secret_box
         key = str(uuid.uuid4())
         entry = {"action_class": RUN_SCRIPT_NAMES[0], "action_input": secret_input(script=script)}
         inputs = {key: entry}
@@ -185,7 +185,7 @@ async def test_single_launch_seals_the_secrets(db_url, foreman):
         plan = await wait_step_state(svc.world, result["task_id"], 2, "suspended")
         sealed = plan.actions[1].input["secrets"]["ssh_password"]
         assert is_sealed(sealed)
-        assert svc.core.extensions[EXTENSION].open("ssh_password", sealed) == PASSWORD
+        assert svc.core.secret_box.open("ssh_password", sealed) == PASSWORD
         assert_not_in_the_database(db_url, PASSWORD)
 
 

@@ -10,9 +10,11 @@ import httpx
 import pytest
 
 from smart_proxy.root import LogsPlugin
+from smart_proxy_dynflow.core import Core, CoreConfig
 from smart_proxy_dynflow.proxy_plugin import DynflowPlugin
 from smart_proxy_remote_execution_ssh.keygen import ensure_key
 from smart_proxy_remote_execution_ssh.plugin import ScriptPlugin, core_plugin
+from smart_proxy_remote_execution_ssh.state import RexState
 from tests.support.proxy import smart_proxy
 from tests.support.services import core_service, make_config
 from tests.support.waiting import wait_for, wait_plan_state
@@ -152,24 +154,23 @@ async def test_invalid_settings_fail_the_module_cleanly(tmp_path, key):
             assert launch.json() == {"error": "Unknown operation 'ssh' requested."}
 
 
+def unstarted_core(key: Path) -> Core:
+    """A core to register into (never started: no database is opened)."""
+    return Core(CoreConfig(db_url=f"sqlite+aiosqlite:///{key.parent / 'unused.sqlite'}"))
+
+
 @pytest.mark.parametrize(
     ("level", "expected"),
     [("debug", "DEBUG"), ("info", "INFO"), ("error", "ERROR"), ("fatal", "CRITICAL")],
 )
 def test_ssh_log_level_sets_the_ssh_library_log(key: Path, level: str, expected: str) -> None:
     import logging
-    from types import SimpleNamespace
 
-    from smart_proxy_dynflow.registry import ActionRegistry, LauncherRegistry
-
-    registries = SimpleNamespace(
-        extensions={}, actions=ActionRegistry(), launchers=LauncherRegistry()
-    )
     ssh_log = logging.getLogger("asyncssh")
     before = ssh_log.level
     try:
         core_plugin.register(
-            registries, {"ssh_identity_key_file": str(key), "ssh_log_level": level}
+            unstarted_core(key), {"ssh_identity_key_file": str(key), "ssh_log_level": level}
         )
         assert logging.getLevelName(ssh_log.level) == expected
     finally:
@@ -177,18 +178,11 @@ def test_ssh_log_level_sets_the_ssh_library_log(key: Path, level: str, expected:
 
 
 def test_the_secrets_key_is_made_beside_the_ssh_key_and_reused(key: Path) -> None:
-    from types import SimpleNamespace
-
-    from smart_proxy_dynflow.registry import ActionRegistry, LauncherRegistry
-    from smart_proxy_dynflow.secret_box import EXTENSION, box_of
-
     def registered() -> Any:
-        core = SimpleNamespace(
-            extensions={}, actions=ActionRegistry(), launchers=LauncherRegistry()
-        )
+        core = unstarted_core(key)
         core_plugin.register(core, {"ssh_identity_key_file": str(key)})
-        assert core.extensions["script"].box is core.extensions[EXTENSION]
-        return box_of(core)
+        assert core.extensions.require(RexState).box is core.secret_box
+        return core.secret_box
 
     box = registered()
     path = key.with_name("secrets.key")

@@ -26,6 +26,7 @@ from smart_proxy_remote_execution_ssh.actions import RunScript
 from smart_proxy_remote_execution_ssh.jobs import JobIndex
 from smart_proxy_remote_execution_ssh.plugin import ScriptPlugin
 from smart_proxy_remote_execution_ssh.pull import PullScriptAction
+from smart_proxy_remote_execution_ssh.state import RexState
 from tests.support.certs import Pki, issue_client_certificate, make_pki
 from tests.support.mqtt import private_broker, subscriber
 from tests.support.proxy import ProxyService, smart_proxy
@@ -560,7 +561,8 @@ async def test_rate_limit_ttl_and_resend(tmp_path, foreman):
         assert resent.topic == topic(second)
         assert resent.payload == b.payload
         # Every notification went over one connection to the broker.
-        assert pull.proxy.plugin("dynflow").core.extensions["script"].mqtt.connection.connects == 1
+        mqtt = pull.proxy.plugin("dynflow").core.extensions.require(RexState).mqtt
+        assert mqtt.connection.connects == 1
 
 
 async def test_a_broker_that_is_down_does_not_fail_the_job(tmp_path, foreman):
@@ -601,7 +603,7 @@ async def test_notifications_over_mutual_tls(tmp_path, foreman):
             mqtt_tls=None,
         ) as pull,
     ):
-        dispatcher = pull.proxy.plugin("dynflow").core.extensions["script"].mqtt
+        dispatcher = pull.proxy.plugin("dynflow").core.extensions.require(RexState).mqtt
         assert dispatcher.config.tls is True
         _, key = await pull.launch_one(host)
         start = await inbox.next()
@@ -616,7 +618,7 @@ async def test_one_connection_reconnected_after_the_broker_restarts(tmp_path, fo
         private_broker(pki, tmp_path / "broker") as broker,
         pull_proxy(tmp_path, foreman, pki=pki, mqtt_port=broker.port) as pull,
     ):
-        dispatcher = pull.proxy.plugin("dynflow").core.extensions["script"].mqtt
+        dispatcher = pull.proxy.plugin("dynflow").core.extensions.require(RexState).mqtt
         async with subscriber(topic(first), port=broker.port) as inbox:
             await pull.launch_one(first)
             assert (await inbox.next()).topic == topic(first)

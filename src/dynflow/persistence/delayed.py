@@ -11,13 +11,15 @@ dependency lookups.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..serialization import dumps, format_time, loads, parse_time
+from .rows import INSERT_ACTION, INSERT_STEP, action_row, plan_row, plan_update_params, step_row
 from .schema import (
     actions,
     delayed_plans,
@@ -30,7 +32,6 @@ from .writer import Stmt
 
 if TYPE_CHECKING:
     from ..execution_plan import ExecutionPlan
-    from .store import Store
 
 INSERT_DELAYED = insert(delayed_plans)
 DELETE_DELAYED = delete(delayed_plans).where(
@@ -82,10 +83,16 @@ def delayed_info(row: Any) -> dict[str, Any]:
     }
 
 
+class Reader(Protocol):
+    """What the queries need of the ``Store`` they are part of: its read connections."""
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+
 class DelayedStore:
     """The delayed-plan and dependency part of the ``Store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Reader) -> None:
         self.store = store
 
     # ---- statements ------------------------------------------------------------------------------
@@ -134,8 +141,6 @@ class DelayedStore:
     @staticmethod
     def guarded_state_stmt(plan: ExecutionPlan, from_state: str) -> Stmt:
         """Save the plan's state (and timings, history) only if it is still ``from_state``."""
-        from .store import plan_update_params
-
         params = {**plan_update_params(plan), "b_from": from_state}
         return Stmt(GUARDED_PLAN_STATE, params, guard=True)
 
@@ -144,8 +149,6 @@ class DelayedStore:
         """Swap the stored rows of a delayed plan (its root action and scheduling step) for
         the planned ones; the plan row is updated in place, so its delayed record and
         dependency rows stay."""
-        from .store import INSERT_ACTION, INSERT_STEP, action_row, plan_row, step_row
-
         row = plan_row(plan)
         params = {k: v for k, v in row.items() if k not in ("uuid", "class")}
         params["b_uuid"] = plan.id

@@ -30,9 +30,12 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -45,6 +48,16 @@ from ..serialization import dumps, loads, parse_time
 from ..step import STEP_CLASSES, Step
 from .delayed import DelayedStore
 from .health import StoreHealth, StoreUnavailable, is_impatient, store_failure_cause
+from .rows import (
+    INSERT_ACTION,
+    INSERT_PLAN,
+    INSERT_STEP,
+    action_row,
+    plan_row,
+    plan_update_params,
+    step_row,
+    step_update_params,
+)
 from .schema import (
     actions,
     coordinator_records,
@@ -75,9 +88,6 @@ PLAN_FILTER_COLUMNS = {
 ORDER_COLUMNS = PLAN_FILTER_COLUMNS - {"uuid"}
 
 # ---- statements, built once so the writer can fold equal ones into executemany --------------
-INSERT_PLAN = insert(execution_plans)
-INSERT_ACTION = insert(actions)
-INSERT_STEP = insert(steps)
 INSERT_CHUNK = insert(output_chunks)
 INSERT_EVENT = insert(planned_events)
 UPDATE_PLAN = (
@@ -154,89 +164,6 @@ UPDATE_RECORD = (
 )
 
 
-def plan_row(plan: ExecutionPlan) -> dict[str, Any]:
-    return {
-        "uuid": plan.id,
-        "state": plan.state,
-        "result": plan.result,
-        "started_at": plan.started_at,
-        "ended_at": plan.ended_at,
-        "real_time": plan.real_time,
-        "execution_time": plan.execution_time,
-        "label": plan.label,
-        "class": plan.wire_class,
-        "run_flow": dumps(plan.run_flow.encode()),
-        "finalize_flow": dumps(plan.finalize_flow.encode()),
-        "execution_history": dumps(plan.execution_history),
-        "step_ids": dumps(plan.step_ids),
-        "root_plan_step_id": plan.root_plan_step_id,
-    }
-
-
-def plan_update_params(plan: ExecutionPlan) -> dict[str, Any]:
-    return {
-        "b_uuid": plan.id,
-        "state": plan.state,
-        "result": plan.result,
-        "started_at": plan.started_at,
-        "ended_at": plan.ended_at,
-        "real_time": plan.real_time,
-        "execution_time": plan.execution_time,
-        "execution_history": dumps(plan.execution_history),
-    }
-
-
-def step_row(step: Step) -> dict[str, Any]:
-    return {
-        "execution_plan_uuid": step.execution_plan_id,
-        "id": step.id,
-        "action_id": step.action_id,
-        "state": step.state,
-        "started_at": step.started_at,
-        "ended_at": step.ended_at,
-        "real_time": step.real_time,
-        "execution_time": step.execution_time,
-        "progress_done": step.progress_done,
-        "progress_weight": step.progress_weight,
-        "class": step.wire_class,
-        "action_class": step.action_class,
-        "queue": step.queue,
-        "error": dumps(step.error) if step.error is not None else None,
-        "children": dumps(step.children) if step.children is not None else None,
-    }
-
-
-def step_update_params(step: Step) -> dict[str, Any]:
-    return {
-        "b_uuid": step.execution_plan_id,
-        "b_id": step.id,
-        "state": step.state,
-        "error": dumps(step.error) if step.error is not None else None,
-        "started_at": step.started_at,
-        "ended_at": step.ended_at,
-        "real_time": step.real_time,
-        "execution_time": step.execution_time,
-        "progress_done": step.progress_done,
-        "progress_weight": step.progress_weight,
-    }
-
-
-def action_row(action: Action) -> dict[str, Any]:
-    return {
-        "execution_plan_uuid": action.execution_plan_id,
-        "id": action.id,
-        "caller_execution_plan_id": action.caller_execution_plan_id,
-        "caller_action_id": action.caller_action_id,
-        "class": action.name(),
-        "input": dumps(action.input),
-        "output": dumps(action.output_data),
-        "plan_step_id": action.plan_step_id,
-        "run_step_id": action.run_step_id,
-        "finalize_step_id": action.finalize_step_id,
-    }
-
-
-
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
@@ -245,6 +172,7 @@ def _unreadable(plan_id: str, part: str, exc: BaseException) -> PlanUnreadable:
         f"execution plan {plan_id} cannot be read: {part} holds data this version cannot "
         f"decode ({type(exc).__name__}: {exc})"
     )
+
 
 SQLITE_FILE_MODE = 0o600
 SQLITE_DIR_MODE = 0o700
@@ -345,11 +273,7 @@ class Store:
 
     def _make_insert_ignore(self) -> Any:
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
             return pg_insert(coordinator_records).on_conflict_do_nothing()
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
         return sqlite_insert(coordinator_records).on_conflict_do_nothing()
 
     @asynccontextmanager
@@ -419,8 +343,9 @@ class Store:
 
     async def migrate(self, revision: str = "head") -> None:
         """Apply the Alembic migrations (idempotent; several processes may start together)."""
-        from alembic import command
-        from alembic.config import Config
+        # Alembic (~0.15 s to import) is loaded when a store starts, not with ``import dynflow``.
+        from alembic import command  # noqa: PLC0415 - defers alembic to the migration
+        from alembic.config import Config  # noqa: PLC0415 - defers alembic to the migration
 
         def run(sync_conn: Any) -> None:
             config = Config()
@@ -430,8 +355,6 @@ class Store:
 
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
-                from sqlalchemy import text
-
                 await conn.execute(text("SELECT pg_advisory_xact_lock(4242017)"))
             await conn.run_sync(run)
 
