@@ -164,7 +164,7 @@ async def read_json(
     (when ``required``) or not acceptable JSON (see :func:`parse_json`).
     """
     raw = await read_body(request, max_size, what)
-    if not raw or raw.isspace():  # (strip() would copy the whole body)
+    if not raw:  # no body; one of only white space is malformed JSON, as any other text
         if required:
             raise JsonBodyError(400, f"the {what} must be a JSON object, got an empty body")
         return None

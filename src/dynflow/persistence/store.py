@@ -570,6 +570,11 @@ class Store:
             phase=phase,
         )
 
+    @staticmethod
+    async def _plan_gone(conn: AsyncConnection, plan_id: str) -> bool:
+        uuid = execution_plans.c.uuid
+        return (await conn.execute(select(uuid).where(uuid == plan_id))).first() is None
+
     async def load_plan(
         self, plan_id: str, world: Any = None, *, with_steps: bool = True, with_actions: bool = True
     ) -> ExecutionPlan | None:
@@ -592,6 +597,8 @@ class Store:
                         raise _unreadable(plan_id, f"its step {srow['id']}", exc) from exc
                     plan.steps[step.id] = step
                 missing = [i for i in plan.step_ids if i not in plan.steps]
+                if missing and await self._plan_gone(conn, plan_id):
+                    return None  # deleted (the cleaner) between the two reads
                 if missing:  # as Dynflow's DataConsistencyError: never load it as if whole
                     raise PlanUnreadable(
                         f"execution plan {plan_id} cannot be read: its steps "
