@@ -23,19 +23,29 @@ def main(argv: list[str]) -> int:
         print(f"reliability_table: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 1
     rows: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    skipped = 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            where = "/".join(str(record[k]) for k in ("process", "store", "hosts") if k in record)
-            scenario = f"{record['scenario']} ({where})" if where else str(record["scenario"])
-            key = (scenario, str(record["figure"]), str(record.get("unit", "")))
-            value = float(record["value"])
-        except (ValueError, KeyError, TypeError) as exc:
-            print(f"reliability_table: {path}:{number}: not a figure line ({exc})", file=sys.stderr)
+        except ValueError as exc:
+            print(f"reliability_table: {path}:{number}: not JSON ({exc})", file=sys.stderr)
             return 1
-        rows[key].append(value)
+        if "figure" not in record or not isinstance(record.get("value"), int | float):
+            skipped += 1  # a summary line beside the figures (e.g. the fuzzer's statuses)
+            continue
+        where = "/".join(
+            str(record[k]) for k in ("process", "store", "hosts", "deployment", "variant")
+            if k in record
+        )
+        name = str(record.get("scenario", record["figure"].split("_")[0]))
+        scenario = f"{name} ({where})" if where else name
+        rows[(scenario, str(record["figure"]), str(record.get("unit", "")))].append(
+            float(record["value"])
+        )
+    if skipped:
+        print(f"reliability_table: {skipped} lines without a figure skipped", file=sys.stderr)
     print("| scenario | figure | runs | sum | max | unit |")
     print("|---|---|---:|---:|---:|---|")
     for (scenario, figure, unit), values in sorted(rows.items()):

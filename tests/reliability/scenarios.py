@@ -664,6 +664,10 @@ async def host_fault_run(
             len(delivered.get(harness.foreman_task(k), [])) for k in doomed
         )
         for name, value in observed.items():
+            if isinstance(value, list):  # a figure is a number: the count, the values beside it
+                harness.emit(name, len(value), unit="statuses", scenario=scenario, values=value,
+                             **context)
+                continue
             unit = "s" if name.endswith("_s") else "tasks"
             harness.emit(name, value, unit=unit, scenario=scenario, **context)
         return Run(foreman, service, tally, figures), observed
