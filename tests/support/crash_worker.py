@@ -1,4 +1,4 @@
-"""Engine process of the crash-recovery test (``tests/test_crash_recovery.py``).
+"""Engine process of the crash-recovery test (``tests/dynflow/test_crash_recovery.py``).
 
 Run with the venv's python::
 

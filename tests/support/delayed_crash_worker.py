@@ -1,4 +1,4 @@
-"""Engine process of the delayed-plan crash test (``tests/test_delayed_plans.py``).
+"""Engine process of the delayed-plan crash test (``tests/dynflow/test_delayed_plans.py``).
 
     delayed_crash_worker.py --db URL --dir DIR
 

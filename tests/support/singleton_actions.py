@@ -1,4 +1,4 @@
-"""Singleton actions shared by ``tests/test_singleton.py`` and its crash worker process."""
+"""Singleton actions shared by ``tests/dynflow/test_singleton.py`` and its crash worker process."""
 
 from __future__ import annotations
 

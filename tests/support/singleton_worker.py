@@ -1,4 +1,4 @@
-"""Engine process of the singleton crash test (``tests/test_singleton.py``).
+"""Engine process of the singleton crash test (``tests/dynflow/test_singleton.py``).
 
     singleton_worker.py --db URL --dir DIR
 

@@ -47,7 +47,7 @@ class Producer(Action):
 class Consumer(Action):
     """Subscribed by name; uses the trigger's output, so it runs after it."""
 
-    subscribe = ["tests.test_subscriptions.Producer"]
+    subscribe = ["tests.dynflow.test_subscriptions.Producer"]
 
     def plan(self, value: int) -> None:
         assert self.from_subscription and isinstance(self.triggering_action, Producer)
@@ -146,5 +146,5 @@ async def test_a_failing_subscriber_fails_the_planning(world: World) -> None:
         for s in plan.steps.values()
         if isinstance(s, PlanStep)
     }
-    assert states["tests.test_subscriptions.Breaking"] == "error"
-    assert states["tests.test_subscriptions.Fragile"] == "error"
+    assert states["tests.dynflow.test_subscriptions.Breaking"] == "error"
+    assert states["tests.dynflow.test_subscriptions.Fragile"] == "error"

@@ -39,7 +39,7 @@ from tests.support import delayed_crash_worker, dummy
 from tests.support.waiting import wait_for, wait_plan_state
 
 WORKER = Path(delayed_crash_worker.__file__).resolve()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def options(**extra: Any) -> dict[str, Any]:
