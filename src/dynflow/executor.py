@@ -133,6 +133,22 @@ class _Pending:
         self.event_id = event_id
 
 
+class _Outcomes(dict[int, str]):
+    """Step id -> ``done`` | ``failed`` | ``busy`` | ``suspended``; a change sets ``changed``."""
+
+    def __init__(self, changed: asyncio.Event) -> None:
+        super().__init__()
+        self.changed = changed
+
+    def __setitem__(self, step_id: int, outcome: str) -> None:
+        super().__setitem__(step_id, outcome)
+        self.changed.set()
+
+    def pop(self, step_id: int, default: Any = None) -> Any:
+        self.changed.set()
+        return super().pop(step_id, default)
+
+
 class PlanRun:
     """Drives one execution plan from ``running`` to ``paused`` or ``stopped``."""
 
@@ -142,16 +158,39 @@ class PlanRun:
         self.store = executor.world.store
         self.plan = plan
         self.future: asyncio.Future[ExecutionPlan] = asyncio.get_running_loop().create_future()
-        self.outcome: dict[int, str] = {}  # step id -> "done" | "failed" | "busy" | "suspended"
+        self._changed = asyncio.Event()  # a step's outcome, the phase or the future changed
+        self.future.add_done_callback(lambda _: self._changed.set())
+        self.outcome: dict[int, str] = _Outcomes(self._changed)
         self.queued: dict[int, deque[_Pending]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.rescued: set[int] = set()
-        self.phase = "run"
+        self._phase = "run"
         self.halting = False
         self.halted = False  # world.halt: ends stopped, releasing the inhibition lock
         self._finalize_stmts: list[Stmt] = []
 
     # ---- the cursor ------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        """``run``, ``ending``, ``finalize`` or ``done``; a change wakes what waits for it."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        self._changed.set()
+
+    async def _until_quiet(self) -> bool:
+        """Wait until no step executes in the run phase (True), or the plan is done (False):
+        a condition, woken by every change of a step's outcome, the phase or the future."""
+        while self.phase != "done" and not self.future.done():
+            if self.phase == "run" and not any(o == "busy" for o in self.outcome.values()):
+                return True
+            self._changed.clear()
+            await self._changed.wait()
+        return False
+
     def start(self, planned_events: list[dict[str, Any]] | None = None) -> None:
         for step in self.plan.steps.values():
             if isinstance(step, RunStep) and step.state in ("success", "skipped"):
@@ -735,12 +774,8 @@ class PlanRun:
             for handle in self.timers.values():
                 handle.cancel()
             self.timers.clear()
-            while self.phase != "done" and not self.future.done():
-                if self.phase == "run" and not any(o == "busy" for o in self.outcome.values()):
-                    state = "paused" if self.plan.failed_steps() else "stopped"
-                    await self._end(state)
-                    break
-                await asyncio.sleep(0.01)
+            if await self._until_quiet():
+                await self._end("paused" if self.plan.failed_steps() else "stopped")
         return await asyncio.shield(self.future)
 
     def _parking(self) -> bool:
@@ -755,11 +790,8 @@ class PlanRun:
         rescue (skip) brings it back to the run phase, it is parked then.
         """
         self.halting = True
-        while self.phase != "done" and not self.future.done():
-            if self.phase == "run" and not any(o == "busy" for o in self.outcome.values()):
-                await self._end("paused", history="terminate execution")
-                return
-            await asyncio.sleep(0.01)
+        if await self._until_quiet():
+            await self._end("paused", history="terminate execution")
 
 
 class Executor:
