@@ -40,6 +40,7 @@ from .persistence.health import StoreFailure, StoreUnavailable, impatient, store
 from .persistence.store import Store
 from .serialization import dumps, format_time, utcnow
 from .serializers import DelayOptions
+from .supervisor import Supervisor
 
 log = logging.getLogger("dynflow")
 DEFAULT_DB_URL = "sqlite+aiosqlite:///var/dynflow.db"
@@ -122,7 +123,7 @@ class World:
         self._middleware_cache: dict[type[Action], tuple[int, list[Middleware]]] = {}
         self._middleware_instances: dict[type, Middleware] = {}
         self._subscriptions: tuple[int, dict[type[Action], list[type[Action]]]] | None = None
-        self._background: list[asyncio.Task[Any]] = []
+        self.supervisor = Supervisor(self.id)
         self._before_termination: list[Callable[[], Any]] = []
         self._started = False
         self.cleaner = Cleaner(self)
@@ -151,17 +152,14 @@ class World:
             await recovery.invalidate_dead_worlds(self)
         if self.config.auto_execute:
             await recovery.auto_execute(self)
-        self._background.append(asyncio.create_task(self._heartbeat(), name="dynflow-heartbeat"))
-        if self.config.cleaner_interval:
-            self._background.append(
-                asyncio.create_task(self.cleaner.loop(self.config.cleaner_interval), name="cleaner")
-            )
-        if self.config.delayed_executor_interval:
-            self._background.append(
-                asyncio.create_task(
-                    self.delayed_executor.loop(self.config.delayed_executor_interval),
-                    name="dynflow-delayed-executor",
-                )
+        self.supervisor.start("dynflow-heartbeat", self._heartbeat)
+        cleaner_interval = self.config.cleaner_interval
+        if cleaner_interval:
+            self.supervisor.start("cleaner", lambda: self.cleaner.loop(cleaner_interval))
+        delayed_interval = self.config.delayed_executor_interval
+        if delayed_interval:
+            self.supervisor.start(
+                "dynflow-delayed-executor", lambda: self.delayed_executor.loop(delayed_interval)
             )
         log.info("world %s started (%s)", self.id, self.store.url.render_as_string())
 
@@ -190,13 +188,7 @@ class World:
         # an outage is waited out no longer than the stop may take: a background task's
         # cleanup write (the cleaner's lock release) must not hold the stop forever
         self.store.stop_waiting_after(self.config.termination_timeout)
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.supervisor.stop()
         await self.delayed_executor.release()
         await self.executor.shutdown(self.config.termination_timeout)
         try:
@@ -217,8 +209,7 @@ class World:
         """Drop the world as a SIGKILL would: nothing more reaches the database, no hook or
         release runs, what was running is left as it is stored (recovery at the next start
         of a world on the database deals with it). For tests and demonstrations of crashes."""
-        for task in self._background:
-            task.cancel()
+        self.supervisor.abandon()
         self.executor.abandon()
         await self.store.abandon()
         self._started = False
