@@ -122,8 +122,9 @@ class SessionRequest:
 class CockpitSession:
     """The ASGI endpoint of ``POST /ssh/session``.
 
-    ``settings`` gives the plugin's effective settings and ``known_hosts`` the host-key store,
-    both when a session starts.
+    ``settings`` gives the plugin's effective settings, ``known_hosts`` the host-key store and
+    ``handshakes`` the bound on SSH handshakes under way (shared with the jobs of an in-process
+    core), each when a session starts.
     """
 
     def __init__(
@@ -131,10 +132,12 @@ class CockpitSession:
         authorize: Authorize,
         settings: Callable[[], Mapping[str, Any]],
         known_hosts: Callable[[], KnownHosts],
+        handshakes: Callable[[], asyncio.Semaphore | None] = lambda: None,
     ) -> None:
         self.authorize = authorize
         self.settings = settings
         self.known_hosts = known_hosts
+        self.handshakes = handshakes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -153,7 +156,7 @@ class CockpitSession:
         except ConnectionError:
             log.info("Cockpit session: the client went away before the session started")
             return
-        session = _Session(reader, writer)
+        session = _Session(reader, writer, self.handshakes())
         await session.run(body, self.settings(), self.known_hosts())
 
     async def _refusal(self, request: Request) -> Response | None:
@@ -183,9 +186,15 @@ async def _read_body(request: Request) -> bytes | None:
 class _Session:
     """One session on a taken-over connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handshakes: asyncio.Semaphore | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.handshakes = handshakes
         self.target = "?"
         self.conn: asyncssh.SSHClientConnection | None = None
         # Done once the client's connection is closed (not at a mere end of its input). Never
@@ -219,7 +228,9 @@ class _Session:
 
     async def _start(self, request: SessionRequest, known_hosts: KnownHosts) -> _Streams:
         """Connect and run the command (no TTY)."""
-        self.conn = await connect(request.options, known_hosts, logger=log)
+        self.conn = await connect(
+            request.options, known_hosts, logger=log, handshakes=self.handshakes
+        )
         return await self.conn.open_session(request.command, encoding=None, request_pty=False)
 
     async def _unless_client_gone(self, work: Coroutine[Any, Any, _Streams]) -> _Streams | None:

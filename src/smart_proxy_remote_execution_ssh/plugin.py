@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -38,7 +39,7 @@ from . import settings as rex_settings
 from .actions import RunScript
 from .pull import PullScriptAction
 from .pull_api import PullApi
-from .state import RexState
+from .state import MAX_CONCURRENT_HANDSHAKES, LoopSemaphore, RexState
 
 if TYPE_CHECKING:
     from .known_hosts import KnownHosts
@@ -124,6 +125,7 @@ class ScriptPlugin(Plugin):
     capabilities: ClassVar[list[Any]] = [_cockpit]
     _values: dict[str, Any] | None = None
     _known_hosts: KnownHosts | None = None
+    _handshakes = LoopSemaphore(MAX_CONCURRENT_HANDSHAKES)  # without an in-process core
 
     async def start(self) -> None:
         # §2.2, with the proxy's log level at hand; a failure marks the module failed.
@@ -198,6 +200,15 @@ class ScriptPlugin(Plugin):
             self._known_hosts = KnownHosts.from_settings(self.ssh_settings())
         return self._known_hosts
 
+    def handshake_slots(self) -> asyncio.Semaphore:
+        """The bound on SSH handshakes under way: the in-process core's (its jobs and the
+        console's sessions share it), else the plugin's own."""
+        core = self.in_process_core()
+        state = core.extensions.get(RexState) if core is not None else None
+        if state is not None:
+            return state.handshake_slots()
+        return self._handshakes.get()
+
     def _file(self, key: str) -> Path | None:
         value = rex_settings.effective(self.settings).get(key)
         return Path(value) if value else None
@@ -230,7 +241,10 @@ class ScriptPlugin(Plugin):
             from .cockpit import CockpitSession  # noqa: PLC0415 - defers asyncssh (opt-in)
 
             session = CockpitSession(
-                self.host.authorizer.authorize_any, self.ssh_settings, self.known_hosts
+                self.host.authorizer.authorize_any,
+                self.ssh_settings,
+                self.known_hosts,
+                self.handshake_slots,
             )
             routes.append(Route("/session", session, methods=["POST"]))
         return Starlette(routes=routes)
