@@ -97,13 +97,15 @@ class Queue:
             self.async_running -= 1
             self.events[telemetry.ASYNC_WORKER] = self.events.get(telemetry.ASYNC_WORKER, 0) + 1
 
-    def shutdown(self, abandon: bool = False) -> None:
-        """Stop the pool: wait for its threads, or (``abandon``) drop what waits and leave
-        the running ones to finish unheard."""
-        if abandon:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        else:
-            self.pool.shutdown(wait=True, cancel_futures=False)
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)
+        telemetry.untrack_queue(self)
+
+    async def abandon(self) -> None:
+        """Drop the steps waiting for a thread; wait (off the loop) for the running ones to
+        end, their results unheard: a crash kills them, and a step of this process must not
+        still be running when a recovering world runs it again."""
+        await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)
         telemetry.untrack_queue(self)
 
 
@@ -850,11 +852,15 @@ class Executor:
             q.shutdown()
 
     def abandon(self) -> None:
-        """Drop everything at once, as a crash would (see :meth:`World.abandon`)."""
+        """Drop every task and timer at once, as a crash would (see :meth:`World.abandon`);
+        then :meth:`abandon_threads`."""
         for task in list(self._tasks):
             task.cancel()
         for run in self.runs.values():
             for handle in run.timers.values():
                 handle.cancel()
+
+    async def abandon_threads(self) -> None:
+        """Drop the steps waiting for a thread and wait for the running ones to end."""
         for q in self.queues.values():
-            q.shutdown(abandon=True)
+            await q.abandon()

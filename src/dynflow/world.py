@@ -210,8 +210,9 @@ class World:
         release runs, what was running is left as it is stored (recovery at the next start
         of a world on the database deals with it). For tests and demonstrations of crashes."""
         self.supervisor.abandon()
-        self.executor.abandon()
+        self.executor.abandon()  # nothing runs on before the store is cut off
         await self.store.abandon()
+        await self.executor.abandon_threads()
         self._started = False
 
     def _record(self) -> dict[str, Any]:
