@@ -189,8 +189,12 @@ async def test_passwords_never_in_clear_and_a_restart_reattaches_with_the_passwo
             release.touch()
             await wait_for(lambda: _value(len(foreman.callbacks) == 1), timeout=40)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                answer = await ask(client, "GET", f"/tasks/{key}/status")
-                assert answer.json()["state"] == "stopped", answer.text
+
+                async def stopped() -> bool:  # the callback is sent before the plan ends
+                    answer = await ask(client, "GET", f"/tasks/{key}/status")
+                    return bool(answer.json()["state"] == "stopped")
+
+                await wait_for(stopped, timeout=30)
                 for page in (f"/console/{key}", f"/console/{parent}"):
                     assert (await ask(client, "GET", page)).status_code == 200
         finally:
