@@ -103,12 +103,20 @@ async def form_token(client: httpx.AsyncClient, path: str) -> str:
 
 
 async def test_list_shows_plans_with_counts_per_state(env: Env) -> None:
-    answer = await env.client.get("/console")
+    async def counts() -> tuple[int, int]:
+        return await env.world.count_plans(), await env.world.count_plans({"state": "stopped"})
+
+    async def page_between_equal_counts() -> tuple[httpx.Response, tuple[int, int]] | None:
+        # the fixture's plans may still be ending on a loaded machine: a page is compared
+        # with the counts only when nothing ended while it was rendered
+        before = await counts()
+        answer = await env.client.get("/console")
+        return (answer, before) if await counts() == before else None
+
+    answer, (total, stopped) = await wait_for(page_between_equal_counts, timeout=30)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/html")
     text = text_of(answer.text)
-    total = await env.world.count_plans()
-    stopped = await env.world.count_plans({"state": "stopped"})
     assert f"all {total}" in text
     assert f"stopped {stopped}" in text
     assert "error 1" in text  # the failed script
